@@ -1,0 +1,1 @@
+"""minirate: training deep spiking neural networks from scratch on NumPy/CuPy."""

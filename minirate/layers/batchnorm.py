@@ -1,0 +1,228 @@
+"""Batch normalisation over channels: forward, its backward, and the running statistics.
+
+Channels are axis 1; the statistics of a channel are taken over every other axis
+(BatchNorm1d: (N, C) or (N, C, L); BatchNorm2d: (N, C, H, W) over N, H, W). With n values per
+channel, per-channel mean μ, biased variance σ², s = 1/√(σ² + ε):
+
+    x̂ = (x − μ) · s,    y = γ · x̂ + β
+
+Training mode uses the batch's own μ, σ² (two passes: μ first, then mean((x − μ)²); the one-pass
+E[x²] − E[x]² loses every digit in float32 when |μ| ≫ σ) and updates, as PyTorch does,
+
+    running_mean ← (1 − m) · running_mean + m · μ
+    running_var  ← (1 − m) · running_var  + m · σ² · n/(n − 1)      (unbiased)
+    num_batches_tracked ← num_batches_tracked + 1
+
+Eval mode uses μ = running_mean, σ² = running_var. Backward, with means over the n values:
+
+    batch statistics:  dx = γ s (dy − mean(dy) − x̂ · mean(dy · x̂))
+    fixed statistics:  dx = γ s dy                                       (eval: y is affine in x)
+    dγ = Σ dy · x̂,     dβ = Σ dy
+
+Straight-through statistics (the μ_g, σ²_g used come from another pass): the value is
+γ (x − μ_g)/√(σ²_g + ε) + β, and the derivative is that of the batch-statistics form with
+μ̃(x) = μ_g + m(x) − stopgrad(m(x)), ṽ(x) = σ²_g + v(x) − stopgrad(v(x)), m, v the batch mean
+and biased variance. Since ∂m/∂x_j = 1/n and ∂v/∂x_j = 2(x_j − m)/n,
+
+    dx = γ s (dy − mean(dy) − (x − m) · s · mean(dy · x̂)),    s = 1/√(σ²_g + ε)
+
+and (x − m) · s = x̂ − mean(x̂), where mean(x̂) = (m − μ_g) · s is one number per channel: that
+number (`x_hat_mean`) is all the straight-through backward keeps beyond x̂ and s. With μ_g = m,
+σ²_g = v it is 0 and dx is the ordinary batch-statistics derivative.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Module
+
+
+class BatchNormCache(NamedTuple):
+    x_hat: object       # x.shape, (x − μ) · s with the μ, σ² the output used
+    inv_std: object     # (C,) s = 1/√(σ² + ε)
+    gamma: object       # (C,) γ as used in forward (a reference to the parameter, no copy)
+    batch_stats: bool   # True: μ, σ² are functions of x (train / straight-through); False: constants
+    x_hat_mean: object  # (C,) mean(x̂) = (m − μ) · s for straight-through statistics, else None
+
+
+def _axes(x):
+    """Reduction axes: every axis but the channel axis 1."""
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def _per_channel(v, x):
+    """(C,) -> (1, C, 1, ...), broadcastable against x; cast to x's dtype so outputs keep it."""
+    return v.astype(x.dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _count(x):
+    """Number n of values per channel."""
+    return x.size // x.shape[1]
+
+
+def batchnorm_stats(x):
+    """Per-channel mean μ and biased variance σ² = mean((x − μ)²), each (C,), dtype of x.
+
+    Two passes over x (the centred square is formed once); see the module docstring for why not
+    E[x²] − E[x]².
+    """
+    xp = get_array_module(x)
+    axes = _axes(x)
+    mean = xp.mean(x, axis=axes)
+    xc = x - _per_channel(mean, x)
+    var = xp.mean(xc * xc, axis=axes)
+    return mean, var
+
+
+def batchnorm_normalize(x, gamma, beta, mean, var, eps):
+    """y = γ (x − μ)/√(σ² + ε) + β with given per-channel (C,) μ, σ²; x (N, C, ...), y like x."""
+    xp = get_array_module(x)
+    scale = gamma.astype(x.dtype, copy=False) / xp.sqrt(var.astype(x.dtype, copy=False) + eps)
+    shift = beta.astype(x.dtype, copy=False) - mean.astype(x.dtype, copy=False) * scale
+    # one fused affine map: y = x · (γ s) + (β − μ γ s)
+    return x * _per_channel(scale, x) + _per_channel(shift, x)
+
+
+def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats):
+    """y = γ x̂ + β, x̂ = (x − μ)/√(σ² + ε), with the given (C,) μ, σ².
+
+    `batch_stats` says whether μ, σ² are x's own batch statistics (backward then differentiates
+    through them) or constants (running statistics). x (N, C, ...) -> y like x.
+    """
+    xp = get_array_module(x)
+    inv_std = (1 / xp.sqrt(var.astype(x.dtype, copy=False) + eps)).astype(x.dtype, copy=False)
+    x_hat = x - _per_channel(mean, x)
+    x_hat *= _per_channel(inv_std, x)
+    y = x_hat * _per_channel(gamma, x) + _per_channel(beta, x)
+    return y, BatchNormCache(x_hat, inv_std, gamma, bool(batch_stats), None)
+
+
+def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps):
+    """Straight-through statistics: y = γ (x − μ_g)/√(σ²_g + ε) + β with given (C,) μ_g, σ²_g.
+
+    Backward is the derivative of the batch-statistics form (module docstring); for it this
+    takes one extra pass, the batch mean m, and keeps x_hat_mean = (m − μ_g) · s, shape (C,).
+    """
+    xp = get_array_module(x)
+    y, cache = batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats=True)
+    m = xp.mean(x, axis=_axes(x))
+    x_hat_mean = (m - mean.astype(x.dtype, copy=False)) * cache.inv_std
+    return y, cache._replace(x_hat_mean=x_hat_mean)
+
+
+def batchnorm_backward(dy, cache):
+    """(dx, dγ, dβ) for any forward above; dy and dx like x, dγ and dβ (C,).
+
+        dβ = Σ dy,  dγ = Σ dy · x̂
+        constants:        dx = γ s dy
+        batch statistics: dx = γ s/n · (n dy − dβ − x̃ · dγ),   x̃ = x̂ − x_hat_mean  (= x̂ when None)
+    """
+    x_hat, inv_std, gamma = cache.x_hat, cache.inv_std, cache.gamma
+    axes = _axes(dy)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    scale = gamma.astype(dy.dtype, copy=False) * inv_std      # (C,) γ s
+    if not cache.batch_stats:
+        return dy * _per_channel(scale, dy), dgamma, dbeta
+    n = _count(dy)
+    # x̃ · dγ = x̂ · dγ − x_hat_mean · dγ: the per-channel part joins dβ, no extra full-size array
+    offset = dbeta if cache.x_hat_mean is None else dbeta - cache.x_hat_mean * dgamma
+    dx = dy * n
+    dx -= _per_channel(offset, dy)
+    dx -= x_hat * _per_channel(dgamma, dy)
+    dx *= _per_channel(scale / n, dy)
+    return dx, dgamma, dbeta
+
+
+class _BatchNorm(Module):
+    """Shared implementation; subclasses only name the input ranks they accept."""
+
+    ndims = ()  # accepted x.ndim values
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum    # None: cumulative average, as in PyTorch
+        self.add_param("weight", np.ones(num_features, dtype=np.float32), decay=False)
+        self.add_param("bias", np.zeros(num_features, dtype=np.float32), decay=False)
+        # same names and order as torch.nn.BatchNorm*d, so state dicts match by name
+        self.buffers["running_mean"] = np.zeros(num_features, dtype=np.float32)
+        self.buffers["running_var"] = np.ones(num_features, dtype=np.float32)
+        self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
+
+    def _check(self, x):
+        if x.ndim not in self.ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects input of rank "
+                             f"{' or '.join(map(str, self.ndims))} with {self.num_features} "
+                             f"channels on axis 1, got shape {tuple(x.shape)}")
+
+    # -- the pieces, named from the maths ---------------------------------------------------
+    def batch_stats(self, x):
+        """Per-channel mean and biased variance of x, each (C,)."""
+        self._check(x)
+        return batchnorm_stats(x)
+
+    def update_running(self, mean, var, n):
+        """Running-statistics update from a batch's μ and biased σ² over n values per channel."""
+        if n < 2:
+            raise ValueError(f"need more than 1 value per channel to update running statistics, "
+                             f"got {n}")
+        b = self.buffers
+        b["num_batches_tracked"] += 1
+        m = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
+        xp = get_array_module(b["running_mean"])
+        mean = xp.asarray(mean).astype(b["running_mean"].dtype, copy=False)
+        var_unbiased = xp.asarray(var).astype(b["running_var"].dtype, copy=False) * (n / (n - 1))
+        b["running_mean"] *= 1 - m
+        b["running_mean"] += m * mean
+        b["running_var"] *= 1 - m
+        b["running_var"] += m * var_unbiased
+
+    def normalize(self, x, mean, var):
+        """γ (x − μ)/√(σ² + ε) + β with the given per-channel μ, σ²; nothing kept."""
+        self._check(x)
+        return batchnorm_normalize(x, self.params["weight"], self.params["bias"], mean, var,
+                                   self.eps)
+
+    # -- layer interface --------------------------------------------------------------------
+    def forward(self, x):
+        """Training: batch statistics, running statistics updated. Eval: running statistics."""
+        self._check(x)
+        w, b = self.params["weight"], self.params["bias"]
+        if self.training:
+            mean, var = batchnorm_stats(x)
+            self.update_running(mean, var, _count(x))
+            return batchnorm_forward(x, w, b, mean, var, self.eps, batch_stats=True)
+        return batchnorm_forward(x, w, b, self.buffers["running_mean"],
+                                 self.buffers["running_var"], self.eps, batch_stats=False)
+
+    def backward(self, dy, cache):
+        """dx for `forward`'s cache; adds dγ, dβ into grads['weight'], grads['bias']."""
+        dx, dgamma, dbeta = batchnorm_backward(dy, cache)
+        self.grads["weight"] += dgamma
+        self.grads["bias"] += dbeta
+        return dx
+
+    def forward_fixed_stats(self, x, mean, var):
+        """Straight-through statistics: the value uses the given μ, σ²; running stats untouched."""
+        self._check(x)
+        return batchnorm_fixed_stats_forward(x, self.params["weight"], self.params["bias"],
+                                             mean, var, self.eps)
+
+    def backward_fixed_stats(self, dy, cache):
+        """dx for `forward_fixed_stats`'s cache (module docstring); adds dγ, dβ into grads."""
+        if cache.x_hat_mean is None:
+            raise ValueError("backward_fixed_stats needs the cache of forward_fixed_stats")
+        return self.backward(dy, cache)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Input (N, C) or (N, C, L); statistics per channel over N (and L)."""
+    ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Input (N, C, H, W); statistics per channel over N, H, W."""
+    ndims = (4,)

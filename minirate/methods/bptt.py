@@ -1,0 +1,86 @@
+"""Backpropagation through time (BPTT), exact up to the surrogate derivative of the spike.
+
+Multi-step mode ('m'): the input is repeated over T steps and every stateless layer (conv,
+batchnorm, linear, pooling) processes all T*B samples at once, batchnorm statistics over T*B;
+each LIF layer loops over time. Every layer keeps its cache; backward runs the layers in reverse
+and each LIF layer runs its reversed loop over time.
+
+Single-step mode ('s'): the network is stepped T times, each layer one step at a time (batchnorm
+normalises each step with that step's batch statistics); the caches of every step are kept and
+backward is a reversed loop over steps, LIF layers carrying dL/du⁺ from step t+1 to step t.
+
+Loss: cross-entropy of the output averaged over steps.
+"""
+from ..layers.base import cache_nbytes
+from ..layers.lif import LIF
+from ..losses import cross_entropy
+from .common import mean_over_time, repeat_over_time, spread_over_time
+
+
+class BPTT:
+    name = "bptt"
+
+    def __init__(self, model, T, step_mode="m"):
+        if step_mode not in ("m", "s"):
+            raise ValueError(f"unknown step mode {step_mode!r}; choose m or s")
+        self.model, self.T, self.step_mode = model, T, step_mode
+        self.kept_bytes = 0       # bytes of caches held for backward in the last step
+
+    def step(self, x, y, loss_fn=cross_entropy):
+        """Forward and backward on one batch; adds gradients into the model. Returns (loss, logits).
+
+        loss_fn(logits, y) -> (loss, dlogits); cross-entropy by default.
+        """
+        if self.step_mode == "m":
+            return self._step_multi(x, y, loss_fn)
+        return self._step_single(x, y, loss_fn)
+
+    def _step_multi(self, x, y, loss_fn):
+        T, caches = self.T, {}
+
+        def run(layer, h):
+            out, caches[layer] = layer.forward(h, T) if isinstance(layer, LIF) else layer.forward(h)
+            return out
+
+        def back(layer, dh):
+            return layer.backward(dh, caches.pop(layer))
+
+        out = self.model.forward(repeat_over_time(x, T), run)        # (T*B, K)
+        self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
+        logits = mean_over_time(out, T)
+        loss, dlogits = loss_fn(logits, y)
+        self.model.backward(spread_over_time(dlogits, T), back)
+        return loss, logits
+
+    def _step_single(self, x, y, loss_fn):
+        T = self.T
+        caches = [dict() for _ in range(T)]     # caches[t][layer]
+        u_post = {}                             # LIF layer -> post-reset potential of step t-1
+
+        def run_at(t):
+            def run(layer, h):
+                if isinstance(layer, LIF):
+                    s, u_post[layer], caches[t][layer] = layer.step(h, u_post.get(layer))
+                    return s
+                out, caches[t][layer] = layer.forward(h)
+                return out
+            return run
+
+        logits = sum(self.model.forward(x, run_at(t)) for t in range(T)) / T
+        self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
+        loss, dlogits = loss_fn(logits, y)
+        du_post = {}                            # LIF layer -> dL/du⁺ flowing from step t+1
+
+        def back_at(t):
+            def back(layer, dh):
+                if isinstance(layer, LIF):
+                    dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer),
+                                                             caches[t][layer])
+                    return dI
+                return layer.backward(dh, caches[t][layer])
+            return back
+
+        for t in reversed(range(T)):
+            self.model.backward(dlogits / T, back_at(t))
+            caches[t] = None                    # free step t's caches as soon as possible
+        return loss, logits

@@ -1,0 +1,99 @@
+"""Network architectures, built from minirate layers with PyTorch-equivalent names.
+
+Every model is a Container whose state dict keys equal those of the matching torch.nn model:
+
+    resnet18 / resnet19 / small   conv0.{0: Conv2d, 1: BatchNorm2d, 2: LIF}
+                                  layer{i}.{j}.{conv1, bn1, spike1, conv2, bn2, shortcut.{0,1}, spike2}
+                                  avg_pool (AdaptiveAvgPool2d(1)), flatten, classifier.{0, 1, 2 ...}
+    vgg11 / vggsnn_cifar          feature.{k}: Conv2d(bias) - BatchNorm2d - LIF triplets and pools,
+                                  flatten, classifier.{0 ...}
+
+The model's output is the classifier output for every sample fed in (T*B rows in multi-step
+mode); the training method averages it over time.
+"""
+import numpy as np
+
+from .layers.block import BasicBlock
+from .layers.batchnorm import BatchNorm2d
+from .layers.container import Sequential
+from .layers.conv import Conv2d
+from .layers.flatten import Flatten
+from .layers.lif import LIF
+from .layers.linear import Linear
+from .layers.pool import AdaptiveAvgPool2d, AvgPool2d
+
+
+class Net(Sequential):
+    """A Sequential whose children carry names (stem, stages, pool, flatten, classifier)."""
+
+    def __init__(self, parts):
+        super().__init__()
+        for name, module in parts:
+            self.add_child(name, module)
+
+
+def _ch(c, width):
+    return max(1, int(round(c * width)))
+
+
+def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng):
+    ch = [_ch(c, width) for c in channels]
+    c_in = _ch(stem, width)
+    parts = [("conv0", Sequential(Conv2d(3, c_in, 3, 1, 1, bias=False, rng=rng),
+                                  BatchNorm2d(c_in), make_neuron()))]
+    for i, (n, c) in enumerate(zip(blocks, ch)):
+        layers = []
+        for j in range(n):
+            layers.append(BasicBlock(c_in, c, 2 if (j == 0 and i > 0) else 1, make_neuron, rng))
+            c_in = c
+        parts.append((f"layer{i + 1}", Sequential(*layers)))
+    parts += [("avg_pool", AdaptiveAvgPool2d(1)), ("flatten", Flatten())]
+    if hidden:
+        h = _ch(hidden, width)
+        head = Sequential(Linear(c_in, h, rng=rng), make_neuron(), Linear(h, num_classes, rng=rng))
+    else:
+        head = Sequential(Linear(c_in, num_classes, rng=rng))
+    parts.append(("classifier", head))
+    return Net(parts)
+
+
+def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng):
+    feature, c_in = [], 3
+    for v in cfg:
+        if v == "A":
+            feature.append(AvgPool2d(2, 2))
+        elif isinstance(v, tuple):                  # ("AA", size): adaptive average pool
+            feature.append(AdaptiveAvgPool2d(v[1]))
+        else:
+            c = _ch(v, width)
+            feature += [Conv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), BatchNorm2d(c), make_neuron()]
+            c_in = c
+    return Net([("feature", Sequential(*feature)), ("flatten", Flatten()),
+                ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))])
+
+
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar")
+
+
+def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0):
+    """Build `arch` (one of ARCHS). `neuron`: keyword arguments for every LIF layer."""
+    rng = np.random.default_rng(seed)
+    neuron = dict(neuron or {})
+
+    def make_neuron():
+        return LIF(**neuron)
+
+    if arch == "small":       # a fast net for CPU runs: 3 spiking convs stages, 2 residual blocks
+        return _resnet([1, 1], [32, 64], 16, None, num_classes, width, make_neuron, rng)
+    if arch == "resnet18":
+        return _resnet([2, 2, 2, 2], [64, 128, 256, 512], 64, None, num_classes, width,
+                       make_neuron, rng)
+    if arch == "resnet19":
+        return _resnet([3, 3, 2], [128, 256, 512], 128, 256, num_classes, width, make_neuron, rng)
+    if arch == "vgg11":
+        cfg = [64, "A", 128, 256, "A", 512, 512, "A", 512, "A", 512, 512, ("AA", 1)]
+        return _vgg(cfg, 1, num_classes, width, make_neuron, rng)
+    if arch == "vggsnn_cifar":
+        cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, ("AA", 3)]
+        return _vgg(cfg, 9, num_classes, width, make_neuron, rng)
+    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -1,0 +1,145 @@
+"""LIF neuron: forward against a plain loop, BPTT backward and eligibility against finite differences."""
+import itertools
+
+import numpy as np
+import pytest
+
+from minirate.layers.lif import LIF, lif_forward_rate, rate_and_eligibility
+from minirate.layers.surrogate import surrogate_grad, surrogate_smooth
+from tests.gradcheck import numerical_grad, rel_error
+
+SURROGATES = ["sigmoid", "atan", "triangle", "rectangle"]
+RESETS = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
+
+
+def reference_lif(I, p, frozen_s=None):
+    """Plain loop over time and neurons. I: (T, N). frozen_s: spikes to use in the reset only
+    (emulates a detached reset: the reset is a constant for the derivative)."""
+    T, N = I.shape
+    s = np.zeros_like(I)
+    for n in range(N):
+        u_post = 0.0
+        for t in range(T):
+            u = p.decay * u_post + I[t, n]
+            x = u - p.threshold
+            s[t, n] = surrogate_smooth(np.array(x), p.surrogate, p.alpha) if p.smooth else float(x >= 0)
+            r = s[t, n] if frozen_s is None else frozen_s[t, n]
+            if p.reset == "soft":
+                u_post = u - p.threshold * r
+            else:
+                u_post = u * (1 - r) + p.v_reset * r
+    return s
+
+
+@pytest.mark.parametrize("reset,v_reset", [("soft", 0.0), ("hard", 0.0), ("hard", -0.3)])
+def test_forward_matches_loop(reset, v_reset):
+    rng = np.random.default_rng(0)
+    T, B = 6, 50
+    I = rng.normal(0.6, 0.8, size=(T * B,))
+    lif = LIF(reset=reset, v_reset=v_reset)
+    s, cache = lif.forward(I, T)
+    ref = reference_lif(I.reshape(T, B), lif.p)
+    assert np.array_equal(s.reshape(T, B), ref)
+    assert 0.1 < s.mean() < 0.9                       # the test exercises spikes and silences
+    assert cache.u.shape == (T, B)
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_surrogate_is_derivative_of_smooth(surrogate):
+    x = np.linspace(-2.3, 2.1, 37)
+    h = 1e-6
+    for a in (0.5, 1.0, 4.0):
+        num = (surrogate_smooth(x + h, surrogate, a) - surrogate_smooth(x - h, surrogate, a)) / (2 * h)
+        assert rel_error(num, surrogate_grad(x, surrogate, a)) < 1e-6
+
+
+@pytest.mark.parametrize("surrogate,reset", itertools.product(SURROGATES, RESETS))
+def test_bptt_backward_matches_finite_differences(surrogate, reset):
+    rng = np.random.default_rng(1)
+    T, B, C = 5, 3, 4
+    lif = LIF(reset=reset[0], detach_reset=reset[1], v_reset=-0.2 if reset[0] == "hard" else 0.0,
+              surrogate=surrogate, smooth=True)
+    I = rng.normal(0.8, 0.9, size=(T * B, C))
+    ds = rng.normal(size=(T * B, C))
+    s, cache = lif.forward(I, T)
+    dI = lif.backward(ds, cache)
+    # reference function: a plain loop; a detached reset uses the spikes at the unperturbed input
+    frozen = reference_lif(I.reshape(T, -1), lif.p) if lif.p.detach_reset else None
+    assert np.allclose(s.reshape(T, -1), reference_lif(I.reshape(T, -1), lif.p))
+
+    def f():
+        return reference_lif(I.reshape(T, -1), lif.p, frozen).reshape(T * B, C)
+    num = numerical_grad(f, I, ds)
+    assert rel_error(dI, num) < 1e-7
+    assert np.abs(dI).max() > 1e-3
+
+
+def test_single_step_equals_multi_step():
+    rng = np.random.default_rng(2)
+    T, B = 4, 7
+    lif = LIF(detach_reset=False, smooth=True)
+    I = rng.normal(0.7, 1.0, size=(T * B, 3))
+    ds = rng.normal(size=I.shape)
+    s, cache = lif.forward(I, T)
+    dI = lif.backward(ds, cache)
+    u, outs, caches = None, [], []
+    for t in range(T):
+        st, u, c = lif.step(I[t * B:(t + 1) * B], u)
+        outs.append(st)
+        caches.append(c)
+    du_post, dIs = None, [None] * T
+    for t in reversed(range(T)):
+        dIs[t], du_post = lif.step_backward(ds[t * B:(t + 1) * B], du_post, caches[t])
+    assert np.allclose(np.concatenate(outs), s)
+    assert np.allclose(np.concatenate(dIs), dI)
+
+
+@pytest.mark.parametrize("surrogate,reset", itertools.product(["sigmoid", "atan"], RESETS))
+def test_eligibility_is_derivative_of_rate(surrogate, reset):
+    """e = d r / d c for I_t + c at every step (smooth spikes; detached reset held fixed)."""
+    rng = np.random.default_rng(3)
+    T, B = 6, 40
+    lif = LIF(reset=reset[0], detach_reset=reset[1], surrogate=surrogate, smooth=True)
+    I = rng.normal(0.8, 1.0, size=(T * B,))
+    s, r, e = lif_forward_rate(I, T, lif.p)
+    s_ref = reference_lif(I.reshape(T, B), lif.p)
+    assert np.allclose(s.reshape(T, B), s_ref)
+    assert np.allclose(r, s_ref.mean(axis=0))
+    frozen = s_ref if lif.p.detach_reset else None
+    h = 1e-6
+    rp = reference_lif(I.reshape(T, B) + h, lif.p, frozen).mean(axis=0)
+    rm = reference_lif(I.reshape(T, B) - h, lif.p, frozen).mean(axis=0)
+    assert rel_error(e, (rp - rm) / (2 * h)) < 1e-7
+
+
+def test_eligibility_with_heaviside_matches_formula():
+    """With hard spikes, e is the surrogate derivative: (1/T) Σ sg_t ε_t with ε_t = Σ λ^k (soft, detached)."""
+    rng = np.random.default_rng(4)
+    T, B = 5, 30
+    lif = LIF()
+    I = rng.normal(0.8, 1.0, size=(T * B,))
+    _, cache = lif.forward(I, T)
+    sg = surrogate_grad(cache.u - 1.0, "sigmoid", 4.0)
+    eps = np.array([sum(0.2 ** k for k in range(t + 1)) for t in range(T)])
+    _, r, e = lif.forward_rate(I, T)
+    assert np.allclose(e, (sg * eps[:, None]).mean(axis=0))
+
+
+def test_rate_state_over_steps_equals_multi_step():
+    rng = np.random.default_rng(5)
+    T, B = 4, 9
+    lif = LIF(reset="hard", detach_reset=False)
+    I = rng.normal(0.8, 1.0, size=(T * B, 2))
+    _, r, e = lif.forward_rate(I, T)
+    state = None
+    for t in range(T):
+        _, state = lif.rate_step(I[t * B:(t + 1) * B], state)
+    r2, e2 = rate_and_eligibility(state)
+    assert np.array_equal(r, r2) and np.array_equal(e, e2)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="reset"):
+        LIF(reset="medium")
+    with pytest.raises(ValueError, match="surrogate"):
+        LIF(surrogate="relu")
