@@ -251,7 +251,9 @@ def main(argv=None):
     with open(os.path.join(out, "config.json.tmp"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
     os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
-    logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path)} if resume else set()
+    logged_epochs = set()        # whole epochs already in the metrics log (when resuming)
+    if resume and os.path.exists(metrics_path):
+        logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
 
     # -- loop -------------------------------------------------------------------------------------
     def stop_on_signal(signum, frame):
@@ -309,11 +311,13 @@ def main(argv=None):
                 pos.update(epoch=epoch + 1, batch=0, loss_sum=0.0, correct=0, seen=0)
             if improved:
                 pos["best_acc"] = test_acc
-            save(last_path)
-            if improved:
-                save(best_path)
+            # log first, then save: a kill in between repeats this epoch's end on resume, and
+            # the repeated record (identical) is not written twice
             if (epoch + 1) not in logged_epochs or not epoch_done:
                 append_jsonl(metrics_path, record)
+            if improved:
+                save(best_path)
+            save(last_path)
             print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
                   f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
                   f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s", flush=True)
