@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module, to_numpy
-from .layers.base import StateDictError
+from .layers.base import StateDictError, check_state_keys
 
 
 class Optimizer:
@@ -67,19 +67,10 @@ class Optimizer:
         for buf in self.buffer_names:
             for name, arr in self.state[buf].items():
                 shapes[f"{buf}/{name}"] = tuple(arr.shape)
-        missing = [k for k in shapes if k not in state]
-        extra = [k for k in state if k not in shapes]
-        wrong = [f"{k} {tuple(np.shape(state[k]))} vs {shapes[k]}" for k in shapes
-                 if k in state and tuple(np.shape(state[k])) != shapes[k]]
-        problems = []
-        if missing:
-            problems.append("missing keys: " + ", ".join(_short(missing)))
-        if extra:
-            problems.append("unexpected keys: " + ", ".join(_short(extra)))
-        if wrong:
-            problems.append("wrong shapes (given vs optimizer): " + "; ".join(_short(wrong)))
-        if problems:
-            raise StateDictError(f"{type(self).__name__} state dict: " + "; ".join(problems))
+        try:
+            check_state_keys(state, shapes, "optimizer")
+        except StateDictError as e:
+            raise StateDictError(f"{type(self).__name__} state dict: {e}") from None
         for buf in self.buffer_names:
             for name, arr in self.state[buf].items():
                 xp = get_array_module(arr)
@@ -216,7 +207,3 @@ def clip_grad_norm(params, max_norm):
             g *= coef
     return total
 
-
-def _short(items, n=5):
-    items = list(items)
-    return items[:n] + ([f"... ({len(items) - n} more)"] if len(items) > n else [])

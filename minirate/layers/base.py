@@ -106,23 +106,28 @@ class Module:
     def load_state_dict(self, state):
         """Copy arrays from `state` in place; raise StateDictError naming any mismatch."""
         entries = {name: (d, k) for name, d, k in self._entries()}
-        missing = [n for n in entries if n not in state]
-        extra = [n for n in state if n not in entries]
-        wrong = [f"{n} {tuple(np.shape(state[n]))} vs {tuple(entries[n][0][entries[n][1]].shape)}"
-                 for n in entries if n in state
-                 and tuple(np.shape(state[n])) != tuple(entries[n][0][entries[n][1]].shape)]
-        problems = []
-        if missing:
-            problems.append("missing keys: " + ", ".join(_short(missing)))
-        if extra:
-            problems.append("unexpected keys: " + ", ".join(_short(extra)))
-        if wrong:
-            problems.append("wrong shapes (given vs model): " + "; ".join(_short(wrong)))
-        if problems:
-            raise StateDictError("; ".join(problems))
+        check_state_keys(state, {n: tuple(d[k].shape) for n, (d, k) in entries.items()}, "model")
         for name, (d, k) in entries.items():
             xp = get_array_module(d[k])
             d[k][...] = xp.asarray(np.asarray(state[name]), dtype=d[k].dtype)
+
+
+def check_state_keys(state, shapes, what):
+    """Raise StateDictError naming every missing, unexpected or wrong-shaped key of `state`
+    against the expected `shapes` ({name: shape}); `what` names the receiver in the message."""
+    missing = [k for k in shapes if k not in state]
+    extra = [k for k in state if k not in shapes]
+    wrong = [f"{k} {tuple(np.shape(state[k]))} vs {shapes[k]}" for k in shapes
+             if k in state and tuple(np.shape(state[k])) != tuple(shapes[k])]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(_short(missing)))
+    if extra:
+        problems.append("unexpected keys: " + ", ".join(_short(extra)))
+    if wrong:
+        problems.append(f"wrong shapes (given vs {what}): " + "; ".join(_short(wrong)))
+    if problems:
+        raise StateDictError("; ".join(problems))
 
 
 def _short(items, n=5):
