@@ -1,0 +1,145 @@
+"""minirate.study: memory flat in T for rate methods, gradients equal BPTT's at T = 1, firing
+rates that add up, and a command line that writes what it says and fails in one line."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minirate.data.cifar import make_synthetic_cifar
+from minirate.layers.lif import LIF
+from minirate.models import build_model
+from minirate.study import firing_rates, gradient_alignment, main, memory_time
+from tests.conftest import ROOT
+
+
+def batch(n=4, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 3, 32, 32)).astype(dtype), rng.integers(0, 10, n)
+
+
+# tiny matrices: one BLAS thread, so that a busy machine does not make threads spin and wait
+ENV = dict(os.environ, PYTHONPATH=ROOT, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+
+
+def study(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "minirate.study", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120, env=ENV)
+
+
+def study_here(args, capsys):
+    """main() in this process: (exit status, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as e:             # the argument parser exits
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_rate_memory_is_flat_in_T_and_bptt_grows():
+    x, y = batch()
+    rows = memory_time(x, y, ["bptt", "rate_m"], [1, 2, 4], "small", 0.25, steps=1, warmup=0)
+    kept = {(r["method"], r["T"]): r["kept_bytes"] for r in rows}
+    assert kept["rate_m", 1] == kept["rate_m", 2] == kept["rate_m", 4] > 0
+    assert kept["bptt", 1] < kept["bptt", 2] < kept["bptt", 4]
+    assert all(r["peak_bytes"] >= r["kept_bytes"] and r["step_time_s"] > 0 for r in rows)
+
+
+def test_gradients_equal_bptt_at_T1_and_differ_at_T4():
+    model = build_model("small", 10, 0.25, seed=0).to(np, np.float64)
+    x, y = batch(dtype=np.float64)
+    rows = gradient_alignment(model, x, y, [1, 4], ["rate_m", "rate_s"])
+    for method in ("rate_m", "rate_s"):
+        at1 = [r for r in rows if r["method"] == method and r["T"] == 1]
+        at4 = [r for r in rows if r["method"] == method and r["T"] == 4]
+        assert len(at1) == len(model.parameters()) + 1            # every tensor, then '(all)'
+        for r in at1:
+            assert abs(r["cosine"] - 1) < 1e-9, r
+            assert abs(r["norm_ratio"] - 1) < 1e-9, r
+        assert min(r["cosine"] for r in at4) < 1 - 1e-6
+        assert {r["depth"] for r in at4} >= set(range(8))        # 8 conv/linear weights
+
+
+def test_firing_rates_per_layer_and_step():
+    model = build_model("small", 10, 0.25, seed=0)
+    x, _ = batch()
+    T = 3
+    rows = firing_rates(model, x, T)
+    n_lif = sum(isinstance(m, LIF) for _, m in model.named_modules())
+    per_step = [r for r in rows if r["step"] != "all"]
+    overall = [r for r in rows if r["step"] == "all"]
+    assert len(per_step) == n_lif * T and len(overall) == n_lif
+    assert all(0 <= r["rate"] <= 1 for r in rows)
+    assert any(r["rate"] > 0 for r in rows)
+    for o in overall:
+        steps = [r for r in per_step if r["layer"] == o["layer"]]
+        assert [r["step"] for r in steps] == list(range(1, T + 1))
+        assert abs(o["rate"] - np.mean([r["rate"] for r in steps])) < 1e-12
+    assert model.training                                   # mode restored
+
+
+def test_cli_memory_time_writes_and_names_its_files(tmp_path):
+    r = study("memory-time", "--arch", "small", "--width", "0.25", "--batch-size", "2",
+              "--T", "1,2", "--steps", "1", "--out", "tmp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "memory-time" in r.stderr                         # progress
+    for name in ("memory_time.csv", "memory_time.json", "memory_time.png"):
+        path = os.path.join("tmp", name)
+        assert (tmp_path / path).stat().st_size > 0
+        assert path in r.stdout
+    rows = json.loads((tmp_path / "tmp" / "memory_time.json").read_text())["rows"]
+    assert {(row["method"], row["T"]) for row in rows} == {
+        (m, T) for m in ("bptt", "rate_m", "rate_s") for T in (1, 2)}
+
+
+@pytest.mark.parametrize("args", [["memory-time", "--T", "0"],
+                                  ["memory-time", "--methods", "foo"],
+                                  ["gradients", "--methods", "bptt"],
+                                  ["firing"],
+                                  ["nonsense"]])
+def test_cli_bad_arguments_give_one_line(tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = study_here(args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error:"), err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("firing")
+    data = make_synthetic_cifar(str(root / "data"), n_train=48, n_test=24)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "small",
+                        "--width", "0.25", "--T", "2", "--batch-size", "16", "--epochs", "1",
+                        "--data-dir", data, "--out", str(root / "run"), "--no-progress"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    return str(root / "run" / "best.npz"), data
+
+
+def test_cli_firing_from_checkpoint(tmp_path, capsys, checkpoint):
+    path, data = checkpoint
+    out = str(tmp_path / "out")
+    code, stdout, err = study_here(["firing", "--checkpoint", path, "--batch-size", "8",
+                                    "--data-dir", data, "--out", out], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "firing.json").read_text())
+    assert doc["info"]["T"] == 2 and doc["info"]["data"] == "CIFAR-10 test"
+    assert len(doc["rows"]) == 5 * 3                     # 5 LIF layers x (2 steps + all)
+    assert all(0 <= row["rate"] <= 1 for row in doc["rows"])
+    for name in ("firing.csv", "firing.json", "firing.png"):
+        assert os.path.join(out, name) in stdout
+
+
+def test_cli_firing_bad_checkpoint_gives_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = study_here(["firing", "--checkpoint", "missing.npz"], capsys)
+    assert code == 1
+    assert err == "error: checkpoint not found: missing.npz\n"
+    (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
+    code, _, err = study_here(["firing", "--checkpoint", "bad.npz"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "bad.npz" in err, err
+    assert not (tmp_path / "runs").exists()
