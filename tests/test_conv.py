@@ -82,12 +82,12 @@ def test_float32_main_cases(k, stride, padding):
 
 
 def test_im2col_layout():
-    # cols[n, (c, p, q), (i, j)] == x_pad[n, c, s*i + p, s*j + q], written out as loops
+    # cols[(c, p, q), (n, i, j)] == x_pad[n, c, s*i + p, s*j + q], written out as loops
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 6, 7))
     k, s, pad = 3, 2, 1
     cols = im2col(x, k, s, pad)
-    assert cols.shape == (2, 3 * 9, 3 * 4)
+    assert cols.shape == (3 * 9, 2 * 3 * 4)
     x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     for n in range(2):
         for c in range(3):
@@ -95,7 +95,7 @@ def test_im2col_layout():
                 for q in range(k):
                     for i in range(3):
                         for j in range(4):
-                            assert cols[n, (c * k + p) * k + q, i * 4 + j] == \
+                            assert cols[(c * k + p) * k + q, (n * 3 + i) * 4 + j] == \
                                 x_pad[n, c, s * i + p, s * j + q]
 
 
@@ -110,10 +110,11 @@ def test_im2col_col2im_are_adjoint(k, stride, padding):
                       rtol=1e-12)
 
 
-@pytest.mark.parametrize("per_chunk,n_chunks", [(1, 5), (2, 3)])
+@pytest.mark.parametrize("per_chunk", [1, 2])
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
-def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_chunk, n_chunks):
-    # a batch of five in chunks of one sample, and of two (a ragged last chunk)
+def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_chunk):
+    # a batch of five through chunks of 1 or 2 samples (backward) and 2 or 4 (forward), so every
+    # pass takes several chunks and a ragged last one
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 4, 8, 8))
     W = rng.standard_normal((3, 4, k, k))
@@ -121,14 +122,23 @@ def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_
     y, cache = conv2d_forward(x, W, b, stride, padding)
     dy = rng.standard_normal(y.shape)
     dx, dW, db = conv2d_backward(dy, cache)
-    sample_bytes = 4 * k * k * y.shape[2] * y.shape[3] * x.itemsize  # one sample's cols
-    monkeypatch.setattr(conv_module, "CHUNK_BYTES", per_chunk * sample_bytes)
-    assert len(conv_module._chunks(5, sample_bytes)) == n_chunks
+    HW = y.shape[2] * y.shape[3]
+    sample_bytes = 4 * k * k * HW * x.itemsize  # one sample's cols
+    monkeypatch.setattr(conv_module, "CHUNK_BYTES", 2 * per_chunk * sample_bytes)
+    monkeypatch.setattr(conv_module, "MIN_COLS", 1)
+    assert len(conv_module._chunks(np, 5, HW, 2 * sample_bytes)) == [5, 3][per_chunk - 1]  # bwd
+    assert len(conv_module._chunks(np, 5, HW, sample_bytes)) == [3, 2][per_chunk - 1]      # fwd
     y_c, cache_c = conv2d_forward(x, W, b, stride, padding)
     dx_c, dW_c, db_c = conv2d_backward(dy, cache_c)
     assert np.allclose(y_c, naive_conv(x, W, b, stride, padding), rtol=1e-12, atol=1e-12)
     for got, want in [(y_c, y), (dx_c, dx), (dW_c, dW), (db_c, db)]:
         assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_chunks_keep_gemms_wide():
+    # a 4x4 output (16 columns a sample) and temporaries far over CHUNK_BYTES: MIN_COLS decides
+    chunks = conv_module._chunks(np, 100, 16, 10**9)
+    assert chunks[0] == (0, -(-conv_module.MIN_COLS // 16)) and chunks[-1][1] == 100
 
 
 def test_wrong_backward_fails_the_check():

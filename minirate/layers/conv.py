@@ -1,28 +1,28 @@
-"""2-D convolution (cross-correlation, as in PyTorch) by im2col and per-sample matrix multiplies.
+"""2-D convolution (cross-correlation, as in PyTorch) by im2col and matrix multiplies.
 
     y[n, o, i, j] = b[o] + sum_{c, p, q} W[o, c, p, q] * x_pad[n, c, s*i + p, s*j + q]
 
 with s the stride, x_pad the input zero-padded by `padding` on each side, and output size
-Ho = (H + 2*padding - k) // s + 1 (same for Wo). Writing the windows of sample n as the columns of
+Ho = (H + 2*padding - k) // s + 1 (same for Wo). Writing the input windows as the columns of
 
-    cols[n, (c, p, q), (i, j)] = x_pad[n, c, s*i + p, s*j + q]        (N, C*k*k, Ho*Wo)
+    cols[(c, p, q), (n, i, j)] = x_pad[n, c, s*i + p, s*j + q]          (C*k*k, N*Ho*Wo)
 
-turns each pass into matrix multiplies, one per sample, with W2 = W.reshape(O, C*k*k):
+turns each pass into one matrix multiply with W2 = W.reshape(O, C*k*k):
 
-    forward   y[n]     = W2 @ cols[n]                                  (O, Ho*Wo)
-    backward  dW2      = sum_n dy[n] @ cols[n].T                       (O, C*k*k)
-              dcols[n] = W2.T @ dy[n]        db = sum_{n,i,j} dy
-              dx       = col2im(dcols)       (adds every column back onto the window it came from)
+    forward   y2  = W2 @ cols                                          (O, N*Ho*Wo)
+    backward  dW2 = dy2 @ cols.T        dcols = W2.T @ dy2        db = sum_{n,i,j} dy
+              dx  = col2im(dcols)       (adds every column back onto the window it came from)
 
-Rows are ordered (c, p, q) to match W.reshape. With the sample axis first and (i, j) last, W2 @ cols[n]
-is already sample n's output in NCHW order, and dy[n] is read where it lies: nothing is transposed.
-im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided slice adds.
+Rows are ordered (c, p, q) to match W.reshape, and columns (n, i, j) so that one GEMM covers many
+samples at once. im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided
+slice adds.
 
-The batch goes through in chunks of a few samples, so that one chunk's cols is still in cache when
-the multiply reads it, and the k*k-times-larger temporaries stay small whatever N is. The cache
-keeps the *unpadded* input x itself (not the padded copy and not cols): backward pads again and
-rebuilds cols, chunk by chunk. Keeping x itself means a cache shares its bytes with whichever layer
-produced x.
+On the CPU the batch goes through in chunks of a few samples (see `_chunks`): one chunk's cols is
+still in cache when the multiply reads it, the k*k-times-larger temporaries stay small whatever N
+is, and only the chunk's y2 and dy2 (k*k times smaller than cols when O = C) are transposed between
+(O, n, Ho*Wo) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
+cols): backward pads again and rebuilds cols, chunk by chunk. Keeping x itself means a cache shares
+its bytes with whichever layer produced x.
 """
 from typing import NamedTuple
 
@@ -31,9 +31,10 @@ import numpy as np
 from ..backend import get_array_module
 from .base import Module
 
-# Bytes of cols (and of dcols) per chunk of samples: small enough to stay in a CPU's last-level
-# cache between im2col and the multiply, large enough that each chunk is a big GEMM batch.
-CHUNK_BYTES = 8 * 2**20
+# Chunks of samples on the CPU (see _chunks): CHUNK_BYTES of per-sample temporaries (cols in
+# forward, cols and dcols in backward), but never GEMMs narrower than MIN_COLS columns.
+CHUNK_BYTES = 4 * 2**20
+MIN_COLS = 512
 
 
 class Conv2dCache(NamedTuple):
@@ -63,64 +64,74 @@ def _pad(x, padding):
     return x_pad
 
 
-def _chunks(N, sample_bytes):
-    """(n0, n1) ranges covering 0..N, each holding about CHUNK_BYTES of per-sample temporaries."""
-    size = max(1, min(N, CHUNK_BYTES // max(1, sample_bytes)))
+def _chunks(xp, N, HW, sample_bytes):
+    """(n0, n1) sample ranges covering 0..N, for a layer with HW output pixels per sample.
+
+    On the CPU a chunk holds about CHUNK_BYTES of temporaries, so that cols is still in the
+    last-level cache when the multiply reads it, unless that would make the GEMMs narrower than
+    MIN_COLS columns (small images, wide layers: there the multiplies dominate, and every chunk
+    also pays one pass over dW). A GPU takes the whole batch at once: each chunk costs kernel
+    launches, and it has no such cache to fit.
+    """
+    if xp is np:
+        size = max(CHUNK_BYTES // max(1, sample_bytes), -(-MIN_COLS // HW))  # -(-a // b): ceil
+    else:
+        size = N
+    size = max(1, min(N, size))
     return [(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 
-def _is_pointwise(k, stride, padding):
-    """A 1x1 kernel, stride 1, no padding: the windows are the pixels, cols is x itself."""
-    return k == 1 and stride == 1 and padding == 0
-
-
 def im2col(x, k, stride, padding, out=None):
-    """Windows of x as columns, one matrix per sample: (N, C, H, W) -> cols (N, C*k*k, Ho*Wo).
+    """Windows of x as columns: (N, C, H, W) -> cols (C*k*k, N*Ho*Wo), rows (c, p, q), columns (n, i, j).
 
-    cols[n, (c, p, q), (i, j)] = x_pad[n, c, s*i + p, s*j + q]. Filled through its
-    (N, C, k, k, Ho, Wo) view by one strided slice copy per kernel offset (p, q); `out`, if given,
-    is the (N, C*k*k, Ho*Wo) array to fill. A 1x1 kernel at stride 1 without padding copies nothing:
-    cols is then a view of x (and `out` is ignored).
+    Filled through its (C, k, k, N, Ho, Wo) view by one strided slice copy per kernel offset
+    (p, q); `out`, if given, is the (C*k*k, N*Ho*Wo) array to fill.
     """
     xp = get_array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = conv_out_size(H, k, stride, padding), conv_out_size(W, k, stride, padding)
-    if _is_pointwise(k, stride, padding):
-        return x.reshape(N, C, H * W)                         # (N, C, H, W) -> (N, C, H*W)
     if out is None:
-        out = xp.empty((N, C * k * k, Ho * Wo), dtype=x.dtype)
-    cols6 = out.reshape(N, C, k, k, Ho, Wo)                   # (N, C*k*k, Ho*Wo) -> 6-D view
-    x_pad = _pad(x, padding)
+        out = xp.empty((C * k * k, N * Ho * Wo), dtype=x.dtype)
+    cols6 = out.reshape(C, k, k, N, Ho, Wo)                   # (C*k*k, N*Ho*Wo) -> 6-D view
+    x_pad = _pad(x, padding).transpose(1, 0, 2, 3)            # (N, C, Hp, Wp) -> (C, N, Hp, Wp)
     for p in range(k):
         for q in range(k):
-            cols6[:, :, p, q] = x_pad[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride]
+            cols6[:, p, q] = x_pad[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride]
     return out
 
 
-def col2im(cols, x_shape, k, stride, padding):
-    """Adjoint of im2col: add every column back onto its window, (N, C*k*k, Ho*Wo) -> (N, C, H, W).
+def col2im(cols, x_shape, k, stride, padding, out=None):
+    """Adjoint of im2col: add every column back onto its window, (C*k*k, N*Ho*Wo) -> (N, C, H, W).
 
-    dx_pad[n, c, s*i + p, s*j + q] += cols[n, (c, p, q), (i, j)], one strided slice add per kernel
-    offset (p, q), then the padding is cropped off. Returns a view into the padded buffer when
-    there is padding (the caller copies it where it needs it).
+    dx_pad[n, c, s*i + p, s*j + q] += cols[(c, p, q), (n, i, j)], one strided slice add per kernel
+    offset (p, q), then the padding is cropped off. `out`, if given, is the (N, C, H, W) array that
+    receives dx (overwritten); without padding the sums are built in it directly.
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
     Ho, Wo = conv_out_size(H, k, stride, padding), conv_out_size(W, k, stride, padding)
-    if _is_pointwise(k, stride, padding):
-        return cols.reshape(N, C, H, W)                       # (N, C, H*W) -> (N, C, H, W)
-    cols6 = cols.reshape(N, C, k, k, Ho, Wo)                  # (N, C*k*k, Ho*Wo) -> 6-D view
-    dx_pad = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    if out is None:
+        out = xp.empty(x_shape, dtype=cols.dtype)
+    cols6 = cols.reshape(C, k, k, N, Ho, Wo)                  # (C*k*k, N*Ho*Wo) -> 6-D view
+    if padding == 0:
+        dx_pad = out                                          # no border to crop off
+        dx_pad[...] = 0
+    else:
+        dx_pad = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    dx_pad_t = dx_pad.transpose(1, 0, 2, 3)                   # (N, C, Hp, Wp) -> (C, N, Hp, Wp)
     for p in range(k):
         for q in range(k):
-            dx_pad[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride] += cols6[:, :, p, q]
-    return dx_pad[:, :, padding:padding + H, padding:padding + W]
+            window = dx_pad_t[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride]
+            window += cols6[:, p, q]                          # in place, through the view
+    if padding:
+        out[...] = dx_pad[:, :, padding:padding + H, padding:padding + W]
+    return out
 
 
 def conv2d_forward(x, W, b, stride=1, padding=0):
     """y = conv(x, W) + b.  x (N, C, H, W), W (O, C, k, k), b (O,) or None -> y (N, O, Ho, Wo).
 
-    y[n] = W2 @ cols[n] + b, chunk by chunk over the batch (see the module docstring).
+    y2 = W2 @ cols + b for one chunk of samples at a time (see the module docstring).
     """
     xp = get_array_module(x)
     N, C, H, Wd = x.shape
@@ -130,43 +141,46 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     Ho, Wo = conv_out_size(H, k, stride, padding), conv_out_size(Wd, k, stride, padding)
     CKK, HW = C * k * k, Ho * Wo
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
-    y = xp.empty((N, O, HW), dtype=xp.result_type(x, W))
-    chunks = _chunks(N, CKK * HW * x.dtype.itemsize)
-    buf = xp.empty((chunks[0][1], CKK, HW), dtype=x.dtype)   # one chunk's cols, reused
+    y = xp.empty((N, O, Ho, Wo), dtype=xp.result_type(x, W))
+    chunks = _chunks(xp, N, HW, CKK * HW * x.dtype.itemsize)
+    buf = xp.empty(CKK * chunks[0][1] * HW, dtype=x.dtype)   # one chunk's cols, reused
     for n0, n1 in chunks:
-        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:n1 - n0])  # (n, C*k*k, Ho*Wo)
-        xp.matmul(W2, cols, out=y[n0:n1])                    # (O, CKK) @ (n, CKK, HW) -> (n, O, HW)
-    if b is not None:
-        y += b.reshape(1, O, 1)
-    y = y.reshape(N, O, Ho, Wo)                               # (N, O, Ho*Wo) -> (N, O, Ho, Wo)
+        n = n1 - n0
+        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, n * HW))
+        y2 = W2 @ cols                                        # (O, n*Ho*Wo)
+        if b is not None:
+            y2 += b.reshape(O, 1)
+        y[n0:n1] = y2.reshape(O, n, Ho, Wo).transpose(1, 0, 2, 3)  # -> (n, O, Ho, Wo)
     return y, Conv2dCache(x=x, W=W, stride=stride, padding=padding, has_bias=b is not None)
 
 
 def conv2d_backward(dy, cache):
     """dy (N, O, Ho, Wo) -> (dx (N, C, H, W), dW (O, C, k, k), db (O,) or None).
 
-    dW2 = sum_n dy[n] @ cols[n].T,  dx = col2im(W2.T @ dy[n] for each n),  db = dy summed over
-    n, i, j; cols is rebuilt from the cached input one chunk of samples at a time.
+    dW2 = dy2 @ cols.T summed over the chunks,  dx = col2im(W2.T @ dy2) chunk by chunk,
+    db = dy summed over n, i, j; dy2 is a chunk of dy as (O, n*Ho*Wo) and cols is rebuilt from
+    the cached input.
     """
     xp = get_array_module(dy)
     x, W, stride, padding = cache.x, cache.W, cache.stride, cache.padding
     O, C, k, _ = W.shape
     N, _, Ho, Wo = dy.shape
     CKK, HW = C * k * k, Ho * Wo
-    dy3 = dy.reshape(N, O, HW)                                # (N, O, Ho, Wo) -> (N, O, Ho*Wo)
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
     dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
     dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
-    chunks = _chunks(N, CKK * HW * max(x.dtype.itemsize, dx.dtype.itemsize))
+    chunks = _chunks(xp, N, HW, CKK * HW * (x.dtype.itemsize + dx.dtype.itemsize))  # cols, dcols
     n_max = chunks[0][1]
-    buf = xp.empty((n_max, CKK, HW), dtype=x.dtype)           # one chunk's cols, reused
-    dbuf = xp.empty((n_max, CKK, HW), dtype=dx.dtype)         # one chunk's dcols, reused
+    buf = xp.empty(CKK * n_max * HW, dtype=x.dtype)           # one chunk's cols, reused
+    dbuf = xp.empty(CKK * n_max * HW, dtype=dx.dtype)         # one chunk's dcols, reused
     for n0, n1 in chunks:
-        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:n1 - n0])   # (n, CKK, HW)
-        # sum_n dy[n] @ cols[n].T: (n, O, HW) @ (n, HW, CKK) -> (n, O, CKK), summed over n
-        dW2 += xp.matmul(dy3[n0:n1], cols.transpose(0, 2, 1)).sum(axis=0)
-        dcols = xp.matmul(W2.T, dy3[n0:n1], out=dbuf[:n1 - n0])  # (CKK, O) @ (n, O, HW)
-        dx[n0:n1] = col2im(dcols, (n1 - n0,) + x.shape[1:], k, stride, padding)
+        n = n1 - n0
+        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, n * HW))
+        # (n, O, Ho, Wo) -> (O, n*Ho*Wo): a copy, k*k times smaller than cols when O = C
+        dy2 = dy[n0:n1].transpose(1, 0, 2, 3).reshape(O, n * HW)
+        dW2 += dy2 @ cols.T                                   # (O, C*k*k)
+        dcols = xp.matmul(W2.T, dy2, out=dbuf[:CKK * n * HW].reshape(CKK, n * HW))  # W2.T @ dy2
+        col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dW2.reshape(W.shape), db                       # (O, C*k*k) -> (O, C, k, k)
 
