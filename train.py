@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from minirate.backend import DEVICES, DeviceError, get_xp, synchronize, to_numpy
+from minirate.cli import ArgumentParser, finite_float, positive_int
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import DatasetError, load_cifar
@@ -49,25 +50,6 @@ STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "
 
 class UsageError(Exception):
     """A problem with what the user asked for; reported as one line, exit status 1."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text):
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def finite_float(text):
-    v = float(text)
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return v
 
 
 def parse_args(argv=None):

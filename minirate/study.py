@@ -36,6 +36,7 @@ import numpy as np
 
 from .backend import DEVICES, DeviceError, get_array_module, get_xp, synchronize
 from .checkpoint import CheckpointError, load_checkpoint
+from .cli import ArgumentParser, positive_float, positive_int
 from .data.augment import normalize
 from .data.cifar import SPECS, DatasetError, load_cifar
 from .layers.base import StateDictError
@@ -369,21 +370,6 @@ def note(text):
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + error
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
 def int_list(text):
     return [positive_int(t) for t in text.split(",")]
 
@@ -397,16 +383,6 @@ def method_list(choices):
                                                  f"{', '.join(choices)}")
         return names
     return parse
-
-
-def positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
 
 
 def parse_args(argv=None):
