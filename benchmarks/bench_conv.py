@@ -1,0 +1,67 @@
+"""Convolution speed for the resnet18 layer shapes, next to the machine's own GEMM ceiling.
+
+    python benchmarks/bench_conv.py --batch 16 --repeats 5
+
+For each distinct conv shape of resnet18 on 32x32 inputs: median time of conv2d_forward and of
+conv2d_backward (input and weight gradient together), as GFLOP/s (forward 2·N·O·C·k²·Ho·Wo,
+backward twice that), and as a percentage of a plain float32 matrix multiply measured in the same
+run (the practical ceiling for an im2col convolution).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from minirate.layers.conv import conv2d_backward, conv2d_forward, conv_out_size  # noqa: E402
+
+# (in channels, out channels, input size, kernel, stride, padding)
+SHAPES = [(3, 64, 32, 3, 1, 1), (64, 64, 32, 3, 1, 1), (64, 128, 32, 3, 2, 1),
+          (64, 128, 32, 1, 2, 0), (128, 128, 16, 3, 1, 1), (128, 256, 16, 3, 2, 1),
+          (128, 256, 16, 1, 2, 0), (256, 256, 8, 3, 1, 1), (256, 512, 8, 3, 2, 1),
+          (256, 512, 8, 1, 2, 0), (512, 512, 4, 3, 1, 1)]
+
+
+def median_time(fn, repeats):
+    fn()                                            # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=16, help="N (use T*B for a multi-step layer)")
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(512, 4608)).astype(np.float32)
+    B = rng.normal(size=(4608, 4096)).astype(np.float32)
+    ceiling = 2 * 512 * 4608 * 4096 / median_time(lambda: A @ B, a.repeats) / 1e9
+    print(f"# conv2d, batch {a.batch}, float32; matmul ceiling (512x4608 @ 4608x4096): "
+          f"{ceiling:.1f} GFLOP/s\n")
+    print("| C->O | HxW | k/s | fwd ms | fwd GFLOP/s | fwd % ceiling | bwd ms | bwd GFLOP/s "
+          "| bwd % ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for C, O, H, k, s, pad in SHAPES:
+        x = rng.normal(size=(a.batch, C, H, H)).astype(np.float32)
+        W = rng.normal(size=(O, C, k, k)).astype(np.float32)
+        Ho = conv_out_size(H, k, s, pad)
+        flops = 2 * a.batch * O * C * k * k * Ho * Ho
+        y, cache = conv2d_forward(x, W, None, s, pad)
+        dy = rng.normal(size=y.shape).astype(np.float32)
+        tf = median_time(lambda: conv2d_forward(x, W, None, s, pad), a.repeats)
+        tb = median_time(lambda: conv2d_backward(dy, cache), a.repeats)
+        gf, gb = flops / tf / 1e9, 2 * flops / tb / 1e9
+        print(f"| {C}->{O} | {H}x{H} | {k}/{s} | {tf * 1e3:.1f} | {gf:.1f} | "
+              f"{100 * gf / ceiling:.0f} % | {tb * 1e3:.1f} | {gb:.1f} | {100 * gb / ceiling:.0f} % |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
