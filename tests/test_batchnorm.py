@@ -65,7 +65,7 @@ def test_train_forward_matches_loops(cls):
     assert bm.shape == bv.shape == (x.shape[1],)
     assert np.allclose(bm, mean, atol=1e-12) and np.allclose(bv, var, atol=1e-12)
     bshape = (1, -1) + (1,) * (x.ndim - 2)
-    assert np.allclose(cache.x_hat, (y - b.reshape(bshape)) / g.reshape(bshape))
+    assert np.allclose(cache.x_centred * cache.inv_std.reshape(bshape), (y - b.reshape(bshape)) / g.reshape(bshape))
     assert np.allclose(cache.inv_std, 1 / np.sqrt(var + layer.eps))
     assert cache.batch_stats is True and cache.x_hat_mean is None
 
@@ -135,7 +135,7 @@ def test_float32_keeps_dtype_and_two_pass_variance():
     assert np.max(np.abs(var - ref) / ref) < 1e-3
     layer = BatchNorm2d(3)
     y, cache = layer.forward(x)
-    assert y.dtype == np.float32 and cache.x_hat.dtype == np.float32
+    assert y.dtype == np.float32 and cache.x_centred.dtype == np.float32
     dx = layer.backward(rng.normal(size=x.shape).astype(np.float32), cache)
     assert dx.dtype == np.float32 and layer.grads["weight"].dtype == np.float32
     # kept for backward: x̂ (like x) and three (C,) vectors (s, γ by reference, nothing else)

@@ -49,11 +49,19 @@ def _grad_check(x, W, b, stride, padding, rng):
     return errs
 
 
+@pytest.fixture(params=["samples first", "samples last"])
+def column_order(request, monkeypatch):
+    """Run a test under each im2col column order (stride-1 maps of any width for samples last)."""
+    width = 0 if request.param == "samples first" else 10**6
+    monkeypatch.setattr(conv_module, "SAMPLES_LAST_MAX_WIDTH", width)
+    return request.param
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_forward_and_gradients(stride, padding, k, bias):
+def test_forward_and_gradients(stride, padding, k, bias, column_order):
     rng = np.random.default_rng(100 * stride + 10 * padding + k)
     x = rng.standard_normal((2, 2, 7, 9))  # non-square, odd sizes: ragged strides
     W = rng.standard_normal((3, 2, k, k))
@@ -81,26 +89,32 @@ def test_float32_main_cases(k, stride, padding):
     assert dx.shape == x.shape and dW.shape == W.shape and db.shape == (5,)
 
 
-def test_im2col_layout():
-    # cols[(c, p, q), (n, i, j)] == x_pad[n, c, s*i + p, s*j + q], written out as loops
+@pytest.mark.parametrize("stride", [1, 2])
+def test_im2col_layout(stride, column_order):
+    # cols[(c, p, q), column] == x_pad[n, c, s*i + p, s*j + q], written out as loops, with
+    # column = (n, i, j) or, for stride 1 with samples last, (i, j, n)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 6, 7))
-    k, s, pad = 3, 2, 1
+    k, s, pad = 3, stride, 1
+    Ho, Wo = (6 + 2 * pad - k) // s + 1, (7 + 2 * pad - k) // s + 1
     cols = im2col(x, k, s, pad)
-    assert cols.shape == (3 * 9, 2 * 3 * 4)
+    assert cols.shape == (3 * 9, 2 * Ho * Wo)
     x_pad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    last = column_order == "samples last" and stride == 1
+    assert conv_module.samples_last(stride, Wo) == last
     for n in range(2):
         for c in range(3):
             for p in range(k):
                 for q in range(k):
-                    for i in range(3):
-                        for j in range(4):
-                            assert cols[(c * k + p) * k + q, (n * 3 + i) * 4 + j] == \
+                    for i in range(Ho):
+                        for j in range(Wo):
+                            col = (i * Wo + j) * 2 + n if last else (n * Ho + i) * Wo + j
+                            assert cols[(c * k + p) * k + q, col] == \
                                 x_pad[n, c, s * i + p, s * j + q]
 
 
 @pytest.mark.parametrize("k,stride,padding", [(3, 2, 1), (3, 1, 1), (5, 2, 2), (1, 2, 0), (1, 1, 0)])
-def test_im2col_col2im_are_adjoint(k, stride, padding):
+def test_im2col_col2im_are_adjoint(k, stride, padding, column_order):
     # <im2col(x), c> == <x, col2im(c)>: col2im is the exact transpose of im2col
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 6, 7))
@@ -112,9 +126,10 @@ def test_im2col_col2im_are_adjoint(k, stride, padding):
 
 @pytest.mark.parametrize("per_chunk", [1, 2])
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)])
-def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_chunk):
-    # a batch of five through chunks of 1 or 2 samples (backward) and 2 or 4 (forward), so every
-    # pass takes several chunks and a ragged last one
+def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_chunk,
+                                           column_order):
+    # a batch of five through chunks of 1 or 2 samples (two temporaries a sample: backward with
+    # col2im) and 2 or 4 (one: forward), so every pass takes several chunks and a ragged last one
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 4, 8, 8))
     W = rng.standard_normal((3, 4, k, k))

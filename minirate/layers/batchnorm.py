@@ -27,7 +27,7 @@ and biased variance. Since ∂m/∂x_j = 1/n and ∂v/∂x_j = 2(x_j − m)/n,
     dx = γ s (dy − mean(dy) − (x − m) · s · mean(dy · x̂)),    s = 1/√(σ²_g + ε)
 
 and (x − m) · s = x̂ − mean(x̂), where mean(x̂) = (m − μ_g) · s is one number per channel: that
-number (`x_hat_mean`) is all the straight-through backward keeps beyond x̂ and s. With μ_g = m,
+number (`x_hat_mean`) is all the straight-through backward keeps beyond x − μ and s. With μ_g = m,
 σ²_g = v it is 0 and dx is the ordinary batch-statistics derivative.
 """
 from typing import NamedTuple
@@ -39,7 +39,7 @@ from .base import Module
 
 
 class BatchNormCache(NamedTuple):
-    x_hat: object       # x.shape, (x − μ) · s with the μ, σ² the output used
+    x_centred: object   # x.shape, x − μ with the μ the output used (x̂ = x_centred · s)
     inv_std: object     # (C,) s = 1/√(σ² + ε)
     gamma: object       # (C,) γ as used in forward (a reference to the parameter, no copy)
     batch_stats: bool   # True: μ, σ² are functions of x (train / straight-through); False: constants
@@ -61,41 +61,58 @@ def _count(x):
     return x.size // x.shape[1]
 
 
-def batchnorm_stats(x):
-    """Per-channel mean μ and biased variance σ² = mean((x − μ)²), each (C,), dtype of x.
+def _channel_dot(a, b):
+    """Σ a · b per channel, (C,): one pass (einsum), no product array."""
+    xp = get_array_module(a)
+    idx = "nchw"[:a.ndim]                                     # channel axis 1 is "c"
+    return xp.einsum(f"{idx},{idx}->c", a, b)
 
-    Two passes over x (the centred square is formed once); see the module docstring for why not
-    E[x²] − E[x]².
+
+def _centred_stats(x):
+    """(μ, σ², x − μ): per-channel mean, biased variance mean((x − μ)²), and the centred x.
+
+    Two passes over x plus the centred copy; see the module docstring for why not E[x²] − E[x]².
     """
     xp = get_array_module(x)
-    axes = _axes(x)
-    mean = xp.mean(x, axis=axes)
+    mean = xp.mean(x, axis=_axes(x))
     xc = x - _per_channel(mean, x)
-    var = xp.mean(xc * xc, axis=axes)
+    return mean, _channel_dot(xc, xc) / _count(x), xc
+
+
+def batchnorm_stats(x):
+    """Per-channel mean μ and biased variance σ² = mean((x − μ)²), each (C,), dtype of x."""
+    mean, var, _ = _centred_stats(x)
     return mean, var
+
+
+def _inv_std(var, eps, x):
+    xp = get_array_module(x)
+    return (1 / xp.sqrt(var.astype(x.dtype, copy=False) + eps)).astype(x.dtype, copy=False)
 
 
 def batchnorm_normalize(x, gamma, beta, mean, var, eps):
     """y = γ (x − μ)/√(σ² + ε) + β with given per-channel (C,) μ, σ²; x (N, C, ...), y like x."""
-    xp = get_array_module(x)
-    scale = gamma.astype(x.dtype, copy=False) / xp.sqrt(var.astype(x.dtype, copy=False) + eps)
+    scale = gamma.astype(x.dtype, copy=False) * _inv_std(var, eps, x)
     shift = beta.astype(x.dtype, copy=False) - mean.astype(x.dtype, copy=False) * scale
     # one fused affine map: y = x · (γ s) + (β − μ γ s)
-    return x * _per_channel(scale, x) + _per_channel(shift, x)
+    y = x * _per_channel(scale, x)
+    y += _per_channel(shift, x)
+    return y
 
 
-def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats):
+def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=None):
     """y = γ x̂ + β, x̂ = (x − μ)/√(σ² + ε), with the given (C,) μ, σ².
 
     `batch_stats` says whether μ, σ² are x's own batch statistics (backward then differentiates
-    through them) or constants (running statistics). x (N, C, ...) -> y like x.
+    through them) or constants (running statistics). `x_centred`: x − μ if already at hand.
+    The cache keeps x − μ and the per-channel s: x̂ itself is never formed, y = (x − μ)·(γ s) + β.
+    x (N, C, ...) -> y like x.
     """
-    xp = get_array_module(x)
-    inv_std = (1 / xp.sqrt(var.astype(x.dtype, copy=False) + eps)).astype(x.dtype, copy=False)
-    x_hat = x - _per_channel(mean, x)
-    x_hat *= _per_channel(inv_std, x)
-    y = x_hat * _per_channel(gamma, x) + _per_channel(beta, x)
-    return y, BatchNormCache(x_hat, inv_std, gamma, bool(batch_stats), None)
+    inv_std = _inv_std(var, eps, x)
+    xc = x - _per_channel(mean, x) if x_centred is None else x_centred
+    y = xc * _per_channel(gamma * inv_std, x)
+    y += _per_channel(beta, x)
+    return y, BatchNormCache(xc, inv_std, gamma, bool(batch_stats), None)
 
 
 def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps):
@@ -114,24 +131,26 @@ def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps):
 def batchnorm_backward(dy, cache):
     """(dx, dγ, dβ) for any forward above; dy and dx like x, dγ and dβ (C,).
 
-        dβ = Σ dy,  dγ = Σ dy · x̂
+        dβ = Σ dy,  dγ = Σ dy · x̂ = s Σ dy · (x − μ)
         constants:        dx = γ s dy
         batch statistics: dx = γ s/n · (n dy − dβ − x̃ · dγ),   x̃ = x̂ − x_hat_mean  (= x̂ when None)
+
+    written as dx = dy · (γ s) − (x − μ) · (γ s² dγ / n) − (γ s / n) · (dβ − x_hat_mean · dγ):
+    per-channel numbers times the two full-size arrays, four passes.
     """
-    x_hat, inv_std, gamma = cache.x_hat, cache.inv_std, cache.gamma
+    xc, inv_std, gamma = cache.x_centred, cache.inv_std, cache.gamma
     axes = _axes(dy)
     dbeta = dy.sum(axis=axes)
-    dgamma = (dy * x_hat).sum(axis=axes)
+    dgamma = _channel_dot(dy, xc) * inv_std
     scale = gamma.astype(dy.dtype, copy=False) * inv_std      # (C,) γ s
+    dx = dy * _per_channel(scale, dy)
     if not cache.batch_stats:
-        return dy * _per_channel(scale, dy), dgamma, dbeta
+        return dx, dgamma, dbeta
     n = _count(dy)
     # x̃ · dγ = x̂ · dγ − x_hat_mean · dγ: the per-channel part joins dβ, no extra full-size array
     offset = dbeta if cache.x_hat_mean is None else dbeta - cache.x_hat_mean * dgamma
-    dx = dy * n
-    dx -= _per_channel(offset, dy)
-    dx -= x_hat * _per_channel(dgamma, dy)
-    dx *= _per_channel(scale / n, dy)
+    dx -= xc * _per_channel(scale * inv_std * dgamma / n, dy)
+    dx -= _per_channel(scale * offset / n, dy)
     return dx, dgamma, dbeta
 
 
@@ -192,9 +211,9 @@ class _BatchNorm(Module):
         self._check(x)
         w, b = self.params["weight"], self.params["bias"]
         if self.training:
-            mean, var = batchnorm_stats(x)
+            mean, var, xc = _centred_stats(x)
             self.update_running(mean, var, _count(x))
-            return batchnorm_forward(x, w, b, mean, var, self.eps, batch_stats=True)
+            return batchnorm_forward(x, w, b, mean, var, self.eps, batch_stats=True, x_centred=xc)
         return batchnorm_forward(x, w, b, self.buffers["running_mean"],
                                  self.buffers["running_var"], self.eps, batch_stats=False)
 

@@ -10,8 +10,11 @@ Ho = (H + 2*padding - k) // s + 1 (same for Wo). Writing the input windows as th
 turns each pass into one matrix multiply with W2 = W.reshape(O, C*k*k):
 
     forward   y2  = W2 @ cols                                          (O, N*Ho*Wo)
-    backward  dW2 = dy2 @ cols.T        dcols = W2.T @ dy2        db = sum_{n,i,j} dy
-              dx  = col2im(dcols)       (adds every column back onto the window it came from)
+    backward  dW2 = dy2 @ cols.T        db = sum_{n,i,j} dy
+              dx  = col2im(W2.T @ dy2)  (adds every column back onto the window it came from)
+
+For stride 1, dx is itself a convolution (of dy, with the kernel transposed and flipped) and
+goes through the forward routine instead: im2col copies are cheaper than col2im's strided adds.
 
 Rows are ordered (c, p, q) to match W.reshape, and columns (n, i, j) so that one GEMM covers many
 samples at once. im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided
@@ -35,6 +38,8 @@ from .base import Module
 # forward, cols and dcols in backward), but never GEMMs narrower than MIN_COLS columns.
 CHUNK_BYTES = 4 * 2**20
 MIN_COLS = 512
+# im2col's columns put the sample axis last on stride-1 maps at most this wide (`samples_last`)
+SAMPLES_LAST_MAX_WIDTH = 8
 
 
 class Conv2dCache(NamedTuple):
@@ -53,14 +58,17 @@ def conv_out_size(size, k, stride, padding):
     return out
 
 
-def _pad(x, padding):
-    """Zero-pad the two spatial axes of (N, C, H, W) by `padding` on each side."""
+def _pad(x, padding, axes=(2, 3)):
+    """Zero-pad the two spatial `axes` of x by `padding` on each side (a new array)."""
     if padding == 0:
         return x
     xp = get_array_module(x)
-    N, C, H, W = x.shape
-    x_pad = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
-    x_pad[:, :, padding:padding + H, padding:padding + W] = x
+    shape, inner = list(x.shape), [slice(None)] * x.ndim
+    for a in axes:
+        shape[a] += 2 * padding
+        inner[a] = slice(padding, padding + x.shape[a])
+    x_pad = xp.zeros(shape, dtype=x.dtype)
+    x_pad[tuple(inner)] = x
     return x_pad
 
 
@@ -81,50 +89,95 @@ def _chunks(xp, N, HW, sample_bytes):
     return [(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 
-def im2col(x, k, stride, padding, out=None):
-    """Windows of x as columns: (N, C, H, W) -> cols (C*k*k, N*Ho*Wo), rows (c, p, q), columns (n, i, j).
+def samples_last(stride, Wo):
+    """The column order of im2col: (i, j, n) for small maps under stride 1, else (n, i, j).
 
-    Filled through its (C, k, k, N, Ho, Wo) view by one strided slice copy per kernel offset
-    (p, q); `out`, if given, is the (C*k*k, N*Ho*Wo) array to fill.
+    Each window copy moves runs that are contiguous in both the input and cols: with the sample
+    axis first a run is one window row, Wo numbers (only 4 on a 4x4 map); with it last, a window
+    row of all n samples, Wo*n numbers, at the price of transposing the input and the output
+    (slow when n is small, as it is on large maps). Under stride 2 the window columns are not
+    adjacent, so samples-last runs would shrink to n numbers.
+    """
+    return stride == 1 and Wo <= SAMPLES_LAST_MAX_WIDTH
+
+
+def to_rows(y, stride):
+    """(n, O, Ho, Wo) -> (O, n*Ho*Wo) in im2col's column order: a copy (GEMM layout of y or dy)."""
+    O, Wo = y.shape[1], y.shape[3]
+    if samples_last(stride, Wo):
+        return y.transpose(1, 2, 3, 0).reshape(O, -1)
+    return y.transpose(1, 0, 2, 3).reshape(O, -1)
+
+
+def from_rows(y2, n, Ho, Wo, stride):
+    """(O, n*Ho*Wo) in im2col's column order -> an (n, O, Ho, Wo) view."""
+    O = y2.shape[0]
+    if samples_last(stride, Wo):
+        return y2.reshape(O, Ho, Wo, n).transpose(3, 0, 1, 2)
+    return y2.reshape(O, n, Ho, Wo).transpose(1, 0, 2, 3)
+
+
+def _windows(a, p, q, Ho, Wo, stride):
+    """The (p, q) window slice of a padded, channel-first array in im2col's column order."""
+    rows = slice(p, p + stride * Ho, stride)
+    cols = slice(q, q + stride * Wo, stride)
+    return a[:, rows, cols, :] if samples_last(stride, Wo) else a[:, :, rows, cols]
+
+
+def im2col(x, k, stride, padding, out=None):
+    """Windows of x as columns: (N, C, H, W) -> cols (C*k*k, N*Ho*Wo), rows (c, p, q).
+
+        cols[(c, p, q), column(n, i, j)] = x_pad[n, c, s*i + p, s*j + q]
+
+    with columns ordered (i, j, n) for stride 1 and (n, i, j) otherwise (see `samples_last`).
+    Filled through a 6-D view of cols by one strided slice copy per kernel offset (p, q);
+    `out`, if given, is the (C*k*k, N*Ho*Wo) array to fill.
     """
     xp = get_array_module(x)
     N, C, H, W = x.shape
     Ho, Wo = conv_out_size(H, k, stride, padding), conv_out_size(W, k, stride, padding)
     if out is None:
         out = xp.empty((C * k * k, N * Ho * Wo), dtype=x.dtype)
-    cols6 = out.reshape(C, k, k, N, Ho, Wo)                   # (C*k*k, N*Ho*Wo) -> 6-D view
-    x_pad = _pad(x, padding).transpose(1, 0, 2, 3)            # (N, C, Hp, Wp) -> (C, N, Hp, Wp)
+    if samples_last(stride, Wo):
+        src = _pad(x.transpose(1, 2, 3, 0), padding, axes=(1, 2))   # (C, Hp, Wp, N)
+        cols6 = out.reshape(C, k, k, Ho, Wo, N)
+    else:
+        src = _pad(x, padding).transpose(1, 0, 2, 3)               # (C, N, Hp, Wp)
+        cols6 = out.reshape(C, k, k, N, Ho, Wo)
     for p in range(k):
         for q in range(k):
-            cols6[:, p, q] = x_pad[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride]
+            cols6[:, p, q] = _windows(src, p, q, Ho, Wo, stride)
     return out
 
 
 def col2im(cols, x_shape, k, stride, padding, out=None):
     """Adjoint of im2col: add every column back onto its window, (C*k*k, N*Ho*Wo) -> (N, C, H, W).
 
-    dx_pad[n, c, s*i + p, s*j + q] += cols[(c, p, q), (n, i, j)], one strided slice add per kernel
-    offset (p, q), then the padding is cropped off. `out`, if given, is the (N, C, H, W) array that
-    receives dx (overwritten); without padding the sums are built in it directly.
+    dx_pad[n, c, s*i + p, s*j + q] += cols[(c, p, q), column(n, i, j)], one strided slice add
+    per kernel offset (p, q), then the padding is cropped off. `out`, if given, is the
+    (N, C, H, W) array that receives dx (overwritten).
     """
     xp = get_array_module(cols)
     N, C, H, W = x_shape
     Ho, Wo = conv_out_size(H, k, stride, padding), conv_out_size(W, k, stride, padding)
     if out is None:
         out = xp.empty(x_shape, dtype=cols.dtype)
-    cols6 = cols.reshape(C, k, k, N, Ho, Wo)                  # (C*k*k, N*Ho*Wo) -> 6-D view
-    if padding == 0:
-        dx_pad = out                                          # no border to crop off
-        dx_pad[...] = 0
+    Hp, Wp = H + 2 * padding, W + 2 * padding
+    if samples_last(stride, Wo):
+        dx_pad = xp.zeros((C, Hp, Wp, N), dtype=cols.dtype)
+        cols6 = cols.reshape(C, k, k, Ho, Wo, N)
     else:
-        dx_pad = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
-    dx_pad_t = dx_pad.transpose(1, 0, 2, 3)                   # (N, C, Hp, Wp) -> (C, N, Hp, Wp)
+        dx_pad = xp.zeros((C, N, Hp, Wp), dtype=cols.dtype)
+        cols6 = cols.reshape(C, k, k, N, Ho, Wo)
     for p in range(k):
         for q in range(k):
-            window = dx_pad_t[:, :, p:p + stride * Ho:stride, q:q + stride * Wo:stride]
+            window = _windows(dx_pad, p, q, Ho, Wo, stride)
             window += cols6[:, p, q]                          # in place, through the view
-    if padding:
-        out[...] = dx_pad[:, :, padding:padding + H, padding:padding + W]
+    crop = slice(padding, padding + H), slice(padding, padding + W)
+    if samples_last(stride, Wo):
+        out[...] = dx_pad[:, crop[0], crop[1], :].transpose(3, 0, 1, 2)
+    else:
+        out[...] = dx_pad[:, :, crop[0], crop[1]].transpose(1, 0, 2, 3)
     return out
 
 
@@ -150,37 +203,43 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
         y2 = W2 @ cols                                        # (O, n*Ho*Wo)
         if b is not None:
             y2 += b.reshape(O, 1)
-        y[n0:n1] = y2.reshape(O, n, Ho, Wo).transpose(1, 0, 2, 3)  # -> (n, O, Ho, Wo)
+        y[n0:n1] = from_rows(y2, n, Ho, Wo, stride)          # -> (n, O, Ho, Wo)
     return y, Conv2dCache(x=x, W=W, stride=stride, padding=padding, has_bias=b is not None)
 
 
 def conv2d_backward(dy, cache):
     """dy (N, O, Ho, Wo) -> (dx (N, C, H, W), dW (O, C, k, k), db (O,) or None).
 
-    dW2 = dy2 @ cols.T summed over the chunks,  dx = col2im(W2.T @ dy2) chunk by chunk,
-    db = dy summed over n, i, j; dy2 is a chunk of dy as (O, n*Ho*Wo) and cols is rebuilt from
-    the cached input.
+    Chunk by chunk of samples, with dy2 the chunk of dy as (O, n*Ho*Wo) and cols rebuilt from the
+    cached input:  dW2 += dy2 @ cols.T,  and for strides > 1  dx = col2im(W2.T @ dy2).
+    db = dy summed over n, i, j. For stride 1, dx is itself a convolution of dy, with the kernel
+    transposed (O <-> C) and flipped (p -> k−1−p, q -> k−1−q) and padding k − 1 − padding,
+    whose output is exactly H x W: it goes through `conv2d_forward`, im2col copies and one GEMM
+    instead of col2im's strided adds.
     """
     xp = get_array_module(dy)
     x, W, stride, padding = cache.x, cache.W, cache.stride, cache.padding
     O, C, k, _ = W.shape
     N, _, Ho, Wo = dy.shape
     CKK, HW = C * k * k, Ho * Wo
+    dx_is_conv = stride == 1 and padding <= k - 1
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
     dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
-    dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
-    chunks = _chunks(xp, N, HW, CKK * HW * (x.dtype.itemsize + dx.dtype.itemsize))  # cols, dcols
-    n_max = chunks[0][1]
-    buf = xp.empty(CKK * n_max * HW, dtype=x.dtype)           # one chunk's cols, reused
-    dbuf = xp.empty(CKK * n_max * HW, dtype=dx.dtype)         # one chunk's dcols, reused
+    dx = None if dx_is_conv else xp.empty(x.shape, dtype=xp.result_type(W, dy))
+    temporaries = 1 if dx_is_conv else 2                      # cols (and dcols)
+    chunks = _chunks(xp, N, HW, temporaries * CKK * HW * x.dtype.itemsize)
+    buf = xp.empty((temporaries, CKK * chunks[0][1] * HW), dtype=x.dtype)  # reused by chunks
     for n0, n1 in chunks:
         n = n1 - n0
-        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, n * HW))
-        # (n, O, Ho, Wo) -> (O, n*Ho*Wo): a copy, k*k times smaller than cols when O = C
-        dy2 = dy[n0:n1].transpose(1, 0, 2, 3).reshape(O, n * HW)
+        cols = im2col(x[n0:n1], k, stride, padding, out=buf[0, :CKK * n * HW].reshape(CKK, n * HW))
+        dy2 = to_rows(dy[n0:n1], stride)                     # (O, n*Ho*Wo)
         dW2 += dy2 @ cols.T                                   # (O, C*k*k)
-        dcols = xp.matmul(W2.T, dy2, out=dbuf[:CKK * n * HW].reshape(CKK, n * HW))  # W2.T @ dy2
-        col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+        if not dx_is_conv:
+            dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, n * HW))
+            col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+    if dx_is_conv:
+        W_flip = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, k, k)
+        dx, _ = conv2d_forward(dy, W_flip, None, 1, k - 1 - padding)
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dW2.reshape(W.shape), db                       # (O, C*k*k) -> (O, C, k, k)
 

@@ -106,7 +106,10 @@ def lif_step_backward(ds, du_post, cache, p):
     sg = surrogate_grad(x, p.surrogate, p.alpha)
     du = ds * sg
     if du_post is not None:
-        du = du + du_post * _kappa(cache.u, _spike(x, p), sg, p)
+        if p.reset == "soft" and p.detach_reset:     # κ = 1: skip the product
+            du += du_post
+        else:
+            du += du_post * _kappa(cache.u, _spike(x, p), sg, p)
     return du, p.decay * du
 
 
