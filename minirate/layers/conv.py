@@ -13,19 +13,21 @@ turns each pass into one matrix multiply with W2 = W.reshape(O, C*k*k):
     backward  dW2 = dy2 @ cols.T        db = sum_{n,i,j} dy
               dx  = col2im(W2.T @ dy2)  (adds every column back onto the window it came from)
 
-For stride 1, dx is itself a convolution (of dy, with the kernel transposed and flipped) and
-goes through the forward routine instead: im2col copies are cheaper than col2im's strided adds.
+Stride 1 backward takes another road (`_backward_stride1`): dx is itself a convolution of dy
+(kernel transposed and flipped), so the windows of dy, built once, give both dx and dW by GEMMs;
+no col2im's strided adds and no second im2col of x.
 
-Rows are ordered (c, p, q) to match W.reshape, and columns (n, i, j) so that one GEMM covers many
-samples at once. im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided
+Rows are ordered (c, p, q) to match W.reshape; columns hold every (n, i, j), so that one GEMM
+covers many samples at once, in the order (n, i, j) or, on small stride-1 maps, (i, j, n) (see
+`samples_last`). im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided
 slice adds.
 
 On the CPU the batch goes through in chunks of a few samples (see `_chunks`): one chunk's cols is
 still in cache when the multiply reads it, the k*k-times-larger temporaries stay small whatever N
 is, and only the chunk's y2 and dy2 (k*k times smaller than cols when O = C) are transposed between
-(O, n, Ho*Wo) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
-cols): backward pads again and rebuilds cols, chunk by chunk. Keeping x itself means a cache shares
-its bytes with whichever layer produced x.
+(O, columns) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
+cols): backward rebuilds what it needs, chunk by chunk. Keeping x itself means a cache shares its
+bytes with whichever layer produced x.
 """
 from typing import NamedTuple
 
@@ -210,38 +212,71 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
 def conv2d_backward(dy, cache):
     """dy (N, O, Ho, Wo) -> (dx (N, C, H, W), dW (O, C, k, k), db (O,) or None).
 
-    Chunk by chunk of samples, with dy2 the chunk of dy as (O, n*Ho*Wo) and cols rebuilt from the
-    cached input:  dW2 += dy2 @ cols.T,  and for strides > 1  dx = col2im(W2.T @ dy2).
-    db = dy summed over n, i, j. For stride 1, dx is itself a convolution of dy, with the kernel
-    transposed (O <-> C) and flipped (p -> k−1−p, q -> k−1−q) and padding k − 1 − padding,
-    whose output is exactly H x W: it goes through `conv2d_forward`, im2col copies and one GEMM
-    instead of col2im's strided adds.
+    db = dy summed over n, i, j. dx and dW: `_backward_stride1` (stride 1, padding < k) builds
+    the windows of dy; `_backward_strided` (the rest) those of the input.
+    """
+    x, W, stride, padding = cache.x, cache.W, cache.stride, cache.padding
+    k = W.shape[2]
+    if stride == 1 and padding <= k - 1:
+        dx, dW = _backward_stride1(dy, x, W, padding)
+    else:
+        dx, dW = _backward_strided(dy, x, W, stride, padding)
+    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    return dx, dW, db
+
+
+def _backward_stride1(dy, x, W, padding):
+    """Stride 1: both gradients from one im2col, that of dy zero-padded by k − 1 − padding.
+
+    dx[n, c, h, w] = Σ_{o,p,q} W[o, c, p, q] dy[n, o, h + padding − p, w + padding − q] is itself
+    a convolution: of dy padded by k − 1 − padding, with the kernel transposed (O <-> C) and
+    flipped (p -> k−1−p), and its output is exactly H x W. With D = im2col(dy) (rows (o, p', q'),
+    one column per input pixel) and x2 the input as (C, N*H*W) in the same column order:
+
+        dx2 = Wf2 @ D,    Wf[c, o, p', q'] = W[o, c, k−1−p', k−1−q']        (C, N*H*W)
+        G   = D @ x2.T,   dW[o, c, p, q]   = G[(o, k−1−p, k−1−q), c]         (O*k*k, C)
+
+    Chunk by chunk of samples, like the forward; no col2im and no im2col of x.
     """
     xp = get_array_module(dy)
-    x, W, stride, padding = cache.x, cache.W, cache.stride, cache.padding
+    O, C, k, _ = W.shape
+    N, _, H, Wd = x.shape
+    OKK, HW, pad = O * k * k, H * Wd, k - 1 - padding
+    Wf2 = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]).reshape(C, OKK)
+    G = xp.zeros((OKK, C), dtype=xp.result_type(dy, x))
+    dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
+    chunks = _chunks(xp, N, HW, OKK * HW * dy.dtype.itemsize)
+    buf = xp.empty(OKK * chunks[0][1] * HW, dtype=dy.dtype)  # one chunk's D, reused
+    for n0, n1 in chunks:
+        n = n1 - n0
+        D = im2col(dy[n0:n1], k, 1, pad, out=buf[:OKK * n * HW].reshape(OKK, n * HW))
+        dx[n0:n1] = from_rows(Wf2 @ D, n, H, Wd, 1)         # (C, n*H*W) -> (n, C, H, W)
+        G += D @ to_rows(x[n0:n1], 1).T                      # (O*k*k, n*H*W) @ (n*H*W, C)
+    dW = G.reshape(O, k, k, C)[:, ::-1, ::-1].transpose(0, 3, 1, 2)   # -> (O, C, k, k)
+    return dx, xp.ascontiguousarray(dW)
+
+
+def _backward_strided(dy, x, W, stride, padding):
+    """Any stride: chunk by chunk of samples, with cols rebuilt from the cached input and dy2 the
+    chunk of dy as (O, n*Ho*Wo):  dW2 += dy2 @ cols.T,  dx = col2im(W2.T @ dy2).
+    """
+    xp = get_array_module(dy)
     O, C, k, _ = W.shape
     N, _, Ho, Wo = dy.shape
     CKK, HW = C * k * k, Ho * Wo
-    dx_is_conv = stride == 1 and padding <= k - 1
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
     dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
-    dx = None if dx_is_conv else xp.empty(x.shape, dtype=xp.result_type(W, dy))
-    temporaries = 1 if dx_is_conv else 2                      # cols (and dcols)
-    chunks = _chunks(xp, N, HW, temporaries * CKK * HW * x.dtype.itemsize)
-    buf = xp.empty((temporaries, CKK * chunks[0][1] * HW), dtype=x.dtype)  # reused by chunks
+    dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
+    chunks = _chunks(xp, N, HW, 2 * CKK * HW * x.dtype.itemsize)   # cols and dcols
+    buf = xp.empty((2, CKK * chunks[0][1] * HW), dtype=x.dtype)    # both, reused by chunks
     for n0, n1 in chunks:
         n = n1 - n0
         cols = im2col(x[n0:n1], k, stride, padding, out=buf[0, :CKK * n * HW].reshape(CKK, n * HW))
         dy2 = to_rows(dy[n0:n1], stride)                     # (O, n*Ho*Wo)
         dW2 += dy2 @ cols.T                                   # (O, C*k*k)
-        if not dx_is_conv:
-            dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, n * HW))
-            col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
-    if dx_is_conv:
-        W_flip = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C, O, k, k)
-        dx, _ = conv2d_forward(dy, W_flip, None, 1, k - 1 - padding)
-    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
-    return dx, dW2.reshape(W.shape), db                       # (O, C*k*k) -> (O, C, k, k)
+        dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, n * HW))
+        col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+    return dx, dW2.reshape(W.shape)                           # (O, C*k*k) -> (O, C, k, k)
 
 
 class Conv2d(Module):
