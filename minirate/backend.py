@@ -1,9 +1,27 @@
-"""The one place that chooses between NumPy (CPU) and CuPy (GPU).
+"""The one place that chooses between NumPy (CPU) and CuPy (GPU), and sets CPU threads.
 
 No other file imports CuPy. Op bodies ask `get_array_module(x)` for the array module of their
 inputs and stay generic; the device itself is an explicit choice (`--device cpu|cuda`).
+
+CPU threads: NumPy's own loops (the copies of im2col, elementwise maths) run on one core, and
+only its BLAS spreads a matrix multiply over several. The heavy layers (convolution, LIF)
+therefore split their work into one contiguous range per core (`cpu_ranges`: samples for a
+convolution, neurons for LIF) and run the ranges on `cpu_threads()` threads at once (`cpu_map`),
+each with single-threaded BLAS: then the copies and the elementwise maths run in parallel too.
+threadpoolctl, the maintained way to set a loaded BLAS's thread count at run time, holds BLAS to
+one thread from the first such call on, for the whole process (set MINIRATE_NUM_THREADS=1 to
+keep BLAS's own threading instead). Without threadpoolctl everything runs on one thread of
+Python and BLAS keeps its own threads.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # optional: without it, chunks run one after another
+    ThreadpoolController = None
 
 try:  # CuPy is optional: without it everything runs on the CPU and nothing is said.
     import cupy as _cupy
@@ -60,3 +78,66 @@ def synchronize(xp):
     """Wait for queued GPU work (for honest timings); nothing on the CPU."""
     if xp is not np:
         xp.cuda.Device().synchronize()
+
+
+# -- CPU threads ----------------------------------------------------------------------------
+_cpu = {"threads": None, "pool": None, "blas": None}
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads():
+    """Threads for `cpu_map`: set_cpu_threads(n), else $MINIRATE_NUM_THREADS, else the cores this
+    process may use; 1 without threadpoolctl."""
+    if ThreadpoolController is None:
+        return 1
+    if _cpu["threads"] is None:
+        env = os.environ.get("MINIRATE_NUM_THREADS", "")
+        _cpu["threads"] = int(env) if env.isdigit() and int(env) > 0 else _available_cores()
+    return _cpu["threads"]
+
+
+def set_cpu_threads(n):
+    """Use n threads for CPU work from now on (n >= 1)."""
+    if int(n) < 1:
+        raise ValueError(f"need at least one CPU thread, got {n}")
+    _cpu["threads"] = int(n)
+    if _cpu["pool"] is not None:
+        _cpu["pool"].shutdown()
+        _cpu["pool"] = None
+
+
+MIN_THREAD_BYTES = 2**20   # a thread takes a range only if it holds this many bytes of work
+
+
+def cpu_ranges(xp, n, item_bytes):
+    """Contiguous ranges (a, b) covering 0..n, one per CPU thread, for `cpu_map`.
+
+    A range gets at least MIN_THREAD_BYTES of work (item_bytes per item): handing a thread less
+    costs more than it saves (tiny layers, gradient checks). On a GPU: one range, 0..n.
+    """
+    parts = min(cpu_threads(), n, n * item_bytes // MIN_THREAD_BYTES) if xp is np else 1
+    parts = max(1, parts)
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def cpu_map(fn, arg_tuples):
+    """[fn(*args) for args in arg_tuples], the calls on `cpu_threads()` threads at once.
+
+    NumPy releases the interpreter lock inside copies, ufuncs and BLAS, so the threads really
+    run together; BLAS is held to one thread meanwhile, so that they do not each start a pool of
+    their own. A single call runs here, with BLAS as it was.
+    """
+    if len(arg_tuples) < 2 or cpu_threads() < 2:
+        return [fn(*args) for args in arg_tuples]
+    if _cpu["pool"] is None:
+        _cpu["pool"] = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="minirate-cpu")
+    if _cpu["blas"] is None:   # from now on, for the whole process (see the module docstring)
+        _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
+    return list(_cpu["pool"].map(lambda args: fn(*args), arg_tuples))

@@ -141,8 +141,8 @@ def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_
     sample_bytes = 4 * k * k * HW * x.itemsize  # one sample's cols
     monkeypatch.setattr(conv_module, "CHUNK_BYTES", 2 * per_chunk * sample_bytes)
     monkeypatch.setattr(conv_module, "MIN_COLS", 1)
-    assert len(conv_module._chunks(np, 5, HW, 2 * sample_bytes)) == [5, 3][per_chunk - 1]  # bwd
-    assert len(conv_module._chunks(np, 5, HW, sample_bytes)) == [3, 2][per_chunk - 1]      # fwd
+    assert len(conv_module._chunks(np, 0, 5, HW, 2 * sample_bytes)) == [5, 3][per_chunk - 1]  # bwd
+    assert len(conv_module._chunks(np, 0, 5, HW, sample_bytes)) == [3, 2][per_chunk - 1]      # fwd
     y_c, cache_c = conv2d_forward(x, W, b, stride, padding)
     dx_c, dW_c, db_c = conv2d_backward(dy, cache_c)
     assert np.allclose(y_c, naive_conv(x, W, b, stride, padding), rtol=1e-12, atol=1e-12)
@@ -152,7 +152,7 @@ def test_chunked_batch_matches_whole_batch(monkeypatch, k, stride, padding, per_
 
 def test_chunks_keep_gemms_wide():
     # a 4x4 output (16 columns a sample) and temporaries far over CHUNK_BYTES: MIN_COLS decides
-    chunks = conv_module._chunks(np, 100, 16, 10**9)
+    chunks = conv_module._chunks(np, 0, 100, 16, 10**9)
     assert chunks[0] == (0, -(-conv_module.MIN_COLS // 16)) and chunks[-1][1] == 100
 
 

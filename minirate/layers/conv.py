@@ -22,7 +22,9 @@ covers many samples at once, in the order (n, i, j) or, on small stride-1 maps, 
 `samples_last`). im2col is k*k strided slice copies (one per kernel offset), col2im k*k strided
 slice adds.
 
-On the CPU the batch goes through in chunks of a few samples (see `_chunks`): one chunk's cols is
+On the CPU the batch is split into one range of samples per thread, run at once (see
+`backend.cpu_ranges`); each range goes through in chunks of a few samples (see `_chunks`): one
+chunk's cols is
 still in cache when the multiply reads it, the k*k-times-larger temporaries stay small whatever N
 is, and only the chunk's y2 and dy2 (k*k times smaller than cols when O = C) are transposed between
 (O, columns) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
@@ -33,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import cpu_map, cpu_ranges, get_array_module
 from .base import Module
 
 # Chunks of samples on the CPU (see _chunks): CHUNK_BYTES of per-sample temporaries (cols in
@@ -74,8 +76,8 @@ def _pad(x, padding, axes=(2, 3)):
     return x_pad
 
 
-def _chunks(xp, N, HW, sample_bytes):
-    """(n0, n1) sample ranges covering 0..N, for a layer with HW output pixels per sample.
+def _chunks(xp, start, stop, HW, sample_bytes):
+    """(n0, n1) sample ranges covering start..stop, for a layer with HW output pixels per sample.
 
     On the CPU a chunk holds about CHUNK_BYTES of temporaries, so that cols is still in the
     last-level cache when the multiply reads it, unless that would make the GEMMs narrower than
@@ -83,12 +85,13 @@ def _chunks(xp, N, HW, sample_bytes):
     also pays one pass over dW). A GPU takes the whole batch at once: each chunk costs kernel
     launches, and it has no such cache to fit.
     """
+    N = stop - start
     if xp is np:
         size = max(CHUNK_BYTES // max(1, sample_bytes), -(-MIN_COLS // HW))  # -(-a // b): ceil
     else:
         size = N
     size = max(1, min(N, size))
-    return [(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
+    return [(n0, min(stop, n0 + size)) for n0 in range(start, stop, size)]
 
 
 def samples_last(stride, Wo):
@@ -197,15 +200,19 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     CKK, HW = C * k * k, Ho * Wo
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
     y = xp.empty((N, O, Ho, Wo), dtype=xp.result_type(x, W))
-    chunks = _chunks(xp, N, HW, CKK * HW * x.dtype.itemsize)
-    buf = xp.empty(CKK * chunks[0][1] * HW, dtype=x.dtype)   # one chunk's cols, reused
-    for n0, n1 in chunks:
-        n = n1 - n0
-        cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, n * HW))
-        y2 = W2 @ cols                                        # (O, n*Ho*Wo)
-        if b is not None:
-            y2 += b.reshape(O, 1)
-        y[n0:n1] = from_rows(y2, n, Ho, Wo, stride)          # -> (n, O, Ho, Wo)
+
+    def fill(start, stop):                                    # y[start:stop], chunk by chunk
+        chunks = _chunks(xp, start, stop, HW, CKK * HW * x.dtype.itemsize)
+        buf = xp.empty(CKK * (chunks[0][1] - start) * HW, dtype=x.dtype)  # a chunk's cols
+        for n0, n1 in chunks:
+            n = n1 - n0
+            cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, -1))
+            y2 = W2 @ cols                                    # (O, n*Ho*Wo)
+            if b is not None:
+                y2 += b.reshape(O, 1)
+            y[n0:n1] = from_rows(y2, n, Ho, Wo, stride)      # -> (n, O, Ho, Wo)
+
+    cpu_map(fill, cpu_ranges(xp, N, CKK * HW * x.dtype.itemsize))   # sample ranges at once
     return y, Conv2dCache(x=x, W=W, stride=stride, padding=padding, has_bias=b is not None)
 
 
@@ -243,15 +250,20 @@ def _backward_stride1(dy, x, W, padding):
     N, _, H, Wd = x.shape
     OKK, HW, pad = O * k * k, H * Wd, k - 1 - padding
     Wf2 = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]).reshape(C, OKK)
-    G = xp.zeros((OKK, C), dtype=xp.result_type(dy, x))
     dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
-    chunks = _chunks(xp, N, HW, OKK * HW * dy.dtype.itemsize)
-    buf = xp.empty(OKK * chunks[0][1] * HW, dtype=dy.dtype)  # one chunk's D, reused
-    for n0, n1 in chunks:
-        n = n1 - n0
-        D = im2col(dy[n0:n1], k, 1, pad, out=buf[:OKK * n * HW].reshape(OKK, n * HW))
-        dx[n0:n1] = from_rows(Wf2 @ D, n, H, Wd, 1)         # (C, n*H*W) -> (n, C, H, W)
-        G += D @ to_rows(x[n0:n1], 1).T                      # (O*k*k, n*H*W) @ (n*H*W, C)
+
+    def fill(start, stop):                                    # dx[start:stop] and its part of G
+        G = xp.zeros((OKK, C), dtype=xp.result_type(dy, x))
+        chunks = _chunks(xp, start, stop, HW, OKK * HW * dy.dtype.itemsize)
+        buf = xp.empty(OKK * (chunks[0][1] - start) * HW, dtype=dy.dtype)  # a chunk's D
+        for n0, n1 in chunks:
+            n = n1 - n0
+            D = im2col(dy[n0:n1], k, 1, pad, out=buf[:OKK * n * HW].reshape(OKK, -1))
+            dx[n0:n1] = from_rows(Wf2 @ D, n, H, Wd, 1)     # (C, n*H*W) -> (n, C, H, W)
+            G += D @ to_rows(x[n0:n1], 1).T                  # (O*k*k, n*H*W) @ (n*H*W, C)
+        return G
+
+    G = sum(cpu_map(fill, cpu_ranges(xp, N, OKK * HW * dy.dtype.itemsize)))
     dW = G.reshape(O, k, k, C)[:, ::-1, ::-1].transpose(0, 3, 1, 2)   # -> (O, C, k, k)
     return dx, xp.ascontiguousarray(dW)
 
@@ -265,17 +277,22 @@ def _backward_strided(dy, x, W, stride, padding):
     N, _, Ho, Wo = dy.shape
     CKK, HW = C * k * k, Ho * Wo
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
-    dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
     dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
-    chunks = _chunks(xp, N, HW, 2 * CKK * HW * x.dtype.itemsize)   # cols and dcols
-    buf = xp.empty((2, CKK * chunks[0][1] * HW), dtype=x.dtype)    # both, reused by chunks
-    for n0, n1 in chunks:
-        n = n1 - n0
-        cols = im2col(x[n0:n1], k, stride, padding, out=buf[0, :CKK * n * HW].reshape(CKK, n * HW))
-        dy2 = to_rows(dy[n0:n1], stride)                     # (O, n*Ho*Wo)
-        dW2 += dy2 @ cols.T                                   # (O, C*k*k)
-        dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, n * HW))
-        col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+
+    def fill(start, stop):                                    # dx[start:stop] and its part of dW2
+        dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
+        chunks = _chunks(xp, start, stop, HW, 2 * CKK * HW * x.dtype.itemsize)  # cols, dcols
+        buf = xp.empty((2, CKK * (chunks[0][1] - start) * HW), dtype=x.dtype)  # both, reused
+        for n0, n1 in chunks:
+            n = n1 - n0
+            cols = im2col(x[n0:n1], k, stride, padding, out=buf[0, :CKK * n * HW].reshape(CKK, -1))
+            dy2 = to_rows(dy[n0:n1], stride)                 # (O, n*Ho*Wo)
+            dW2 += dy2 @ cols.T                               # (O, C*k*k)
+            dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, -1))
+            col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+        return dW2
+
+    dW2 = sum(cpu_map(fill, cpu_ranges(xp, N, 2 * CKK * HW * x.dtype.itemsize)))
     return dx, dW2.reshape(W.shape)                           # (O, C*k*k) -> (O, C, k, k)
 
 

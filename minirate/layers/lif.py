@@ -30,7 +30,7 @@ step, so e is exactly the surrogate derivative of r with respect to that shift.
 """
 from typing import NamedTuple
 
-from ..backend import get_array_module
+from ..backend import cpu_map, cpu_ranges, get_array_module
 from .base import Module
 from .surrogate import DEFAULT_ALPHA, surrogate_grad, surrogate_smooth
 
@@ -114,28 +114,42 @@ def lif_step_backward(ds, du_post, cache, p):
 
 
 def lif_forward(I, T, p):
-    """All T steps. I: (T*B, ...) input currents, time-major. Returns s (T*B, ...), LIFCache."""
+    """All T steps. I: (T*B, ...) input currents, time-major. Returns s (T*B, ...), LIFCache.
+
+    Neurons are independent: on the CPU each thread runs the time loop on its own range of them.
+    """
     xp = get_array_module(I)
-    I = I.reshape(T, -1, *I.shape[1:])               # (T*B, ...) -> (T, B, ...)
+    shape = I.shape
+    I = I.reshape(T, -1)                             # (T*B, ...) -> (T, neurons)
     s = xp.empty_like(I)
     u_all = xp.empty_like(I)
-    u_post = None
-    for t in range(T):
-        s[t], u_post, step_cache = lif_step(I[t], u_post, p)
-        u_all[t] = step_cache.u
-    return s.reshape(-1, *s.shape[2:]), LIFCache(u=u_all)   # (T, B, ...) -> (T*B, ...)
+
+    def run(a, b):                                   # neurons a..b, all steps
+        u_post = None
+        for t in range(T):
+            s[t, a:b], u_post, step_cache = lif_step(I[t, a:b], u_post, p)
+            u_all[t, a:b] = step_cache.u
+
+    cpu_map(run, cpu_ranges(xp, I.shape[1], T * I.itemsize))
+    return s.reshape(shape), LIFCache(u=u_all.reshape(T, -1, *shape[1:]))
 
 
 def lif_backward(ds, cache, p):
     """Reversed loop of lif_step_backward. ds: (T*B, ...). Returns dI (T*B, ...)."""
     xp = get_array_module(ds)
     T = cache.u.shape[0]
-    ds = ds.reshape(cache.u.shape)                   # (T*B, ...) -> (T, B, ...)
+    u = cache.u.reshape(T, -1)                       # (T, B, ...) -> (T, neurons)
+    ds = ds.reshape(u.shape)
     dI = xp.empty_like(ds)
-    du_post = None
-    for t in reversed(range(T)):
-        dI[t], du_post = lif_step_backward(ds[t], du_post, LIFStepCache(u=cache.u[t]), p)
-    return dI.reshape(-1, *dI.shape[2:])             # (T, B, ...) -> (T*B, ...)
+
+    def run(a, b):                                   # neurons a..b, all steps backwards
+        du_post = None
+        for t in reversed(range(T)):
+            dI[t, a:b], du_post = lif_step_backward(ds[t, a:b], du_post,
+                                                    LIFStepCache(u=u[t, a:b]), p)
+
+    cpu_map(run, cpu_ranges(xp, u.shape[1], T * u.itemsize))
+    return dI.reshape(-1, *cache.u.shape[2:])        # (T, neurons) -> (T*B, ...)
 
 
 def lif_rate_step(I, state, p):
