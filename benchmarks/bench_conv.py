@@ -5,7 +5,10 @@
 For each distinct conv shape of resnet18 on 32x32 inputs: median time of conv2d_forward and of
 conv2d_backward (input and weight gradient together), as GFLOP/s (forward 2·N·O·C·k²·Ho·Wo,
 backward twice that), and as a percentage of a plain float32 matrix multiply measured in the same
-run (the practical ceiling for an im2col convolution).
+run (the practical ceiling for an im2col convolution), before any convolution and so with BLAS's
+own threads over all cores (minirate's convolutions then run one thread per core, each with
+single-threaded BLAS). The last row sums all of resnet18's convolutions, each shape counted as
+often as the network has it.
 """
 import argparse
 import os
@@ -15,13 +18,14 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from minirate.backend import cpu_threads  # noqa: E402
 from minirate.layers.conv import conv2d_backward, conv2d_forward, conv_out_size  # noqa: E402
 
-# (in channels, out channels, input size, kernel, stride, padding)
-SHAPES = [(3, 64, 32, 3, 1, 1), (64, 64, 32, 3, 1, 1), (64, 128, 32, 3, 2, 1),
-          (64, 128, 32, 1, 2, 0), (128, 128, 16, 3, 1, 1), (128, 256, 16, 3, 2, 1),
-          (128, 256, 16, 1, 2, 0), (256, 256, 8, 3, 1, 1), (256, 512, 8, 3, 2, 1),
-          (256, 512, 8, 1, 2, 0), (512, 512, 4, 3, 1, 1)]
+# (in channels, out channels, input size, kernel, stride, padding): how many resnet18 has
+SHAPES = {(3, 64, 32, 3, 1, 1): 1, (64, 64, 32, 3, 1, 1): 4, (64, 128, 32, 3, 2, 1): 1,
+          (64, 128, 32, 1, 2, 0): 1, (128, 128, 16, 3, 1, 1): 3, (128, 256, 16, 3, 2, 1): 1,
+          (128, 256, 16, 1, 2, 0): 1, (256, 256, 8, 3, 1, 1): 3, (256, 512, 8, 3, 2, 1): 1,
+          (256, 512, 8, 1, 2, 0): 1, (512, 512, 4, 3, 1, 1): 3}
 
 
 def median_time(fn, repeats):
@@ -43,12 +47,13 @@ def main():
     A = rng.normal(size=(512, 4608)).astype(np.float32)
     B = rng.normal(size=(4608, 4096)).astype(np.float32)
     ceiling = 2 * 512 * 4608 * 4096 / median_time(lambda: A @ B, a.repeats) / 1e9
-    print(f"# conv2d, batch {a.batch}, float32; matmul ceiling (512x4608 @ 4608x4096): "
-          f"{ceiling:.1f} GFLOP/s\n")
+    print(f"# conv2d, batch {a.batch}, float32, {cpu_threads()} CPU threads; matmul ceiling "
+          f"(512x4608 @ 4608x4096): {ceiling:.1f} GFLOP/s\n")
     print("| C->O | HxW | k/s | fwd ms | fwd GFLOP/s | fwd % ceiling | bwd ms | bwd GFLOP/s "
           "| bwd % ceiling |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for C, O, H, k, s, pad in SHAPES:
+    total = np.zeros(4)                             # network: fwd flops, fwd s, bwd flops, bwd s
+    for (C, O, H, k, s, pad), count in SHAPES.items():
         x = rng.normal(size=(a.batch, C, H, H)).astype(np.float32)
         W = rng.normal(size=(O, C, k, k)).astype(np.float32)
         Ho = conv_out_size(H, k, s, pad)
@@ -57,10 +62,15 @@ def main():
         dy = rng.normal(size=y.shape).astype(np.float32)
         tf = median_time(lambda: conv2d_forward(x, W, None, s, pad), a.repeats)
         tb = median_time(lambda: conv2d_backward(dy, cache), a.repeats)
-        gf, gb = flops / tf / 1e9, 2 * flops / tb / 1e9
-        print(f"| {C}->{O} | {H}x{H} | {k}/{s} | {tf * 1e3:.1f} | {gf:.1f} | "
-              f"{100 * gf / ceiling:.0f} % | {tb * 1e3:.1f} | {gb:.1f} | {100 * gb / ceiling:.0f} % |",
-              flush=True)
+        total += count * np.array([flops, tf, 2 * flops, tb])
+        _row(f"{C}->{O}", f"{H}x{H}", f"{k}/{s}", flops, tf, tb, ceiling)
+    _row("resnet18, all", "", "", total[0], total[1], total[3], ceiling)
+
+
+def _row(channels, size, ks, flops, tf, tb, ceiling):
+    gf, gb = flops / tf / 1e9, 2 * flops / tb / 1e9
+    print(f"| {channels} | {size} | {ks} | {tf * 1e3:.1f} | {gf:.1f} | {100 * gf / ceiling:.0f} % | "
+          f"{tb * 1e3:.1f} | {gb:.1f} | {100 * gb / ceiling:.0f} % |", flush=True)
 
 
 if __name__ == "__main__":

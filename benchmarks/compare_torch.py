@@ -6,7 +6,9 @@ Both sides: spiking resnet18 (CIFAR stem), LIF decay 0.2 / threshold 1 / soft de
 sigmoid surrogate α = 4, batchnorm over T·B in training mode, the image repeated over T steps,
 output averaged over T, cross-entropy; one forward + backward (no optimizer step), median of
 --repeats after a warm-up, the two frameworks interleaved. torch is a benchmark-only dependency
-(`pip install torch==2.13.0`, a CPU build). --threads sets both BLAS pools to the same size.
+(`pip install torch==2.13.0`, a CPU build). --threads gives both the same number of threads:
+torch's intra-op pool, and minirate's CPU threads (backend.set_cpu_threads; its BLAS then runs
+single-threaded inside each of them).
 """
 import argparse
 import os
@@ -21,6 +23,7 @@ if __name__ == "__main__":            # BLAS thread pools are sized when numpy/t
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from minirate.backend import cpu_threads, set_cpu_threads  # noqa: E402
 from minirate.methods import make_method  # noqa: E402
 from minirate.models import build_model  # noqa: E402
 
@@ -101,13 +104,13 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+        set_cpu_threads(a.threads)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(a.batch_size, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, a.batch_size)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     print(f"# resnet18, batch {a.batch_size}, CPU, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads, OPENBLAS_NUM_THREADS="
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}\n")
+          f"{torch.get_num_threads()} torch threads, {cpu_threads()} minirate CPU threads\n")
     print("| T | minirate s/step | PyTorch s/step | minirate / PyTorch |")
     print("|---|---|---|---|")
     for T in a.T:

@@ -4,7 +4,7 @@ import pytest
 
 from minirate import backend
 from minirate.layers.conv import conv2d_backward, conv2d_forward
-from minirate.layers.lif import LIFParams, lif_backward, lif_forward
+from minirate.layers.lif import LIFParams, lif_backward, lif_forward, lif_forward_rate
 
 
 @pytest.fixture
@@ -83,3 +83,16 @@ def test_lif_split_over_threads_matches_one_thread(threads):
     dI3 = lif_backward(ds, c3, p)
     assert np.array_equal(s3, s1) and np.array_equal(c3.u, c1.u)
     assert np.allclose(dI3, dI1, rtol=1e-12, atol=1e-14)
+
+
+def test_lif_rate_pass_split_over_threads_matches_one_thread(threads):
+    rng = np.random.default_rng(2)
+    T, p = 3, LIFParams(0.2, 1.0, "soft", 0.0, False, "atan", 2.0, False)
+    I = rng.normal(1.0, 1.0, size=(T * 2, 4, 3))
+    backend.set_cpu_threads(1)
+    one = lif_forward_rate(I, T, p)
+    backend.set_cpu_threads(threads)
+    three = lif_forward_rate(I, T, p)
+    assert one[1].shape == one[2].shape == (2, 4, 3)
+    for a, b in zip(three, one):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-14)

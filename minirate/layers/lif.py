@@ -174,15 +174,26 @@ def rate_and_eligibility(state):
 
 
 def lif_forward_rate(I, T, p):
-    """All T steps keeping no history. I: (T*B, ...). Returns s (T*B, ...), r (B, ...), e (B, ...)."""
+    """All T steps keeping no history. I: (T*B, ...). Returns s (T*B, ...), r (B, ...), e (B, ...).
+
+    As in lif_forward, each CPU thread runs the time loop on its own range of neurons.
+    """
     xp = get_array_module(I)
-    I = I.reshape(T, -1, *I.shape[1:])               # (T*B, ...) -> (T, B, ...)
+    shape = I.shape
+    I = I.reshape(T, -1)                             # (T*B, ...) -> (T, neurons)
     s = xp.empty_like(I)
-    state = None
-    for t in range(T):
-        s[t], state = lif_rate_step(I[t], state, p)
-    r, e = rate_and_eligibility(state)
-    return s.reshape(-1, *s.shape[2:]), r, e         # (T, B, ...) -> (T*B, ...)
+    r = xp.empty_like(I[0])
+    e = xp.empty_like(I[0])
+
+    def run(a, b):                                   # neurons a..b, all steps
+        state = None
+        for t in range(T):
+            s[t, a:b], state = lif_rate_step(I[t, a:b], state, p)
+        r[a:b], e[a:b] = rate_and_eligibility(state)
+
+    cpu_map(run, cpu_ranges(xp, I.shape[1], T * I.itemsize))
+    per_sample = (-1, *shape[1:])                    # (neurons,) -> (B, ...)
+    return s.reshape(shape), r.reshape(per_sample), e.reshape(per_sample)
 
 
 def lif_rate_backward(dr, e):
