@@ -19,7 +19,9 @@ gradients     one batch and one set of weights; for each method m and T, the BPT
         cosine = <g_m, g_b> / (|g_m| |g_b|),     norm ratio = |g_m| / |g_b|
     per parameter tensor and over all parameters concatenated ('(all)'). Computed in float64,
     with the rate methods built with scale_grad_by_T=False: their default multiplies the loss
-    gradient by 1/T, which would put a factor 1/T into every norm ratio.
+    gradient by 1/T, which would put a factor 1/T into every norm ratio. The row 'avg_limit'
+    (`time_average_limit`) is BPTT's own backward with each layer's input averaged over time:
+    the misalignment that averaging alone causes, which a rate pass cannot avoid.
 firing        a trained network in eval mode on test images: each LIF layer's mean firing rate
     at step t, r_t = mean over samples and neurons of s_t, and over all steps (1/T) Σ_t r_t.
 """
@@ -40,17 +42,19 @@ from .cli import ArgumentParser, positive_float, positive_int
 from .data.augment import normalize
 from .data.cifar import SPECS, DatasetError, load_cifar
 from .layers.base import StateDictError
+from .layers.batchnorm import BatchNorm1d, BatchNorm2d
 from .layers.conv import Conv2d
 from .layers.lif import LIF
 from .layers.linear import Linear
 from .methods import BPTT, METHODS, make_method
-from .methods.common import repeat_over_time
+from .methods.common import mean_over_time, repeat_over_time
 from .models import ARCHS, build_model
 from .progress import Progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBSET_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "cifar10-subset"))
-STEP_MODE = {"rate": "m", "rate_m": "m", "rate_s": "s"}      # BPTT reference for each method
+LIMIT = "avg_limit"     # not a method: `time_average_limit`, compared like one
+STEP_MODE = {"rate": "m", "rate_m": "m", "rate_s": "s", LIMIT: "m"}   # BPTT reference of each
 NEURON_KEYS = ("decay", "threshold", "reset", "v_reset", "detach_reset", "surrogate", "alpha")
 MiB = 2 ** 20
 
@@ -190,6 +194,42 @@ def _alignment(dots):
                 norm_ratio=n_m / n_b if n_b > 0 else math.nan, norm_method=n_m, norm_bptt=n_b)
 
 
+# the cache field holding each parameterised layer's input (or, for batchnorm, x − μ)
+LAYER_INPUT = {Conv2d: "x", Linear: "x", BatchNorm1d: "x_centred", BatchNorm2d: "x_centred"}
+
+
+def time_average_limit(model, x, y, T):
+    """Parameter gradients from BPTT's own upstream gradients with every layer input averaged
+    over time: how far averaging alone moves a gradient, whatever the upstream error.
+
+    One multi-step BPTT step records, for each conv, linear and batchnorm layer, the gradient dy
+    at its output (T·B rows) and its cache. Each of those layers then runs backward once more on
+    Σ_t dy_t with its cached input replaced by the mean over the T steps. A rate pass can do no
+    better than this: it backpropagates once through time-averaged activations, so a weight
+    gradient Σ_t dy_t ⊗ x_t becomes (Σ_t dy_t) ⊗ mean_t x_t even where dy is exact (a
+    batchnorm scale: Σ_t dy_t·x̂_t against (Σ_t dy_t)·mean_t x̂_t). Biases and any layer whose
+    input is the same at every step (the first convolution) keep cosine 1.
+    """
+    recorded = []
+    layers = [m for _, m in model.named_modules() if type(m) in LAYER_INPUT]
+    for layer in layers:
+        def record(dy, cache, layer=layer, backward=layer.backward):
+            recorded.append((layer, dy, cache))
+            return backward(dy, cache)
+        layer.backward = record             # an instance attribute shadows the method...
+    try:
+        _gradients(model, BPTT(model, T, "m"), x, y)
+    finally:
+        for layer in layers:
+            del layer.backward              # ...until it is deleted again
+    model.zero_grad()
+    for layer, dy, cache in recorded:
+        field = LAYER_INPUT[type(layer)]
+        averaged = cache._replace(**{field: mean_over_time(getattr(cache, field), T)})
+        layer.backward(T * mean_over_time(dy, T), averaged)        # Σ_t dy_t
+    return [g.copy() for _, _, g, _ in model.parameters()]
+
+
 def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=None):
     """Gradient of each method against BPTT's (same step mode) on batch (x, y), same weights.
 
@@ -211,7 +251,11 @@ def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=No
             mode = STEP_MODE[name]
             if mode not in reference:
                 reference[mode] = _gradients(model, BPTT(model, T, mode), x, y)
-            g_method = _gradients(model, make_method(name, model, T, scale_grad_by_T=False), x, y)
+            if name == LIMIT:
+                g_method = time_average_limit(model, x, y, T)
+            else:
+                g_method = _gradients(model, make_method(name, model, T, scale_grad_by_T=False),
+                                      x, y)
             total = np.zeros(3)
             for p_name, g_m, g_b in zip(names, g_method, reference[mode]):
                 dots = _dots(g_m, g_b)
@@ -418,10 +462,12 @@ def parse_args(argv=None):
     s = sub.add_parser("gradients", help="gradient alignment with BPTT", formatter_class=fmt,
                        description="Cosine and norm ratio of each method's gradient against "
                                    "BPTT's, per parameter tensor, in float64. Rate methods run "
-                                   "with scale_grad_by_T=False so that norms compare.",
+                                   "with scale_grad_by_T=False so that norms compare. "
+                                   f"'{LIMIT}' is BPTT's own backward with every layer input "
+                                   "averaged over time: what averaging alone costs.",
                        allow_abbrev=False)
-    s.add_argument("--methods", type=method_list(tuple(STEP_MODE)), default="rate_m,rate_s",
-                   help="comma-separated; BPTT is the reference")
+    s.add_argument("--methods", type=method_list(tuple(STEP_MODE)),
+                   default=f"rate_m,rate_s,{LIMIT}", help="comma-separated; BPTT is the reference")
     s.add_argument("--T", type=int_list, default="1,2,4,6,8", help="comma-separated time steps")
     s.add_argument("--checkpoint", default="",
                    help="weights saved by train.py (its arch/width/dataset replace --arch/--width)")
@@ -477,11 +523,15 @@ def run_gradients(a, xp, bar):
     for r in (r for r in rows if r["param"] == "(all)"):
         ws = [w for w in rows if (w["method"], w["T"]) == (r["method"], r["T"])
               and w["depth"] is not None]
-        worst = min(ws, key=lambda w: w["cosine"] if math.isfinite(w["cosine"]) else 2)
+        every = [w for w in rows if (w["method"], w["T"]) == (r["method"], r["T"])
+                 and w["param"] != "(all)"]
+        worst, worst_any = (min(rs, key=lambda w: w["cosine"] if math.isfinite(w["cosine"]) else 2)
+                            for rs in (ws, every))
         summary.append([r["method"], r["T"], f"{r['cosine']:.6f}", f"{r['norm_ratio']:.4f}",
-                        f"{worst['cosine']:.4f}", worst["param"]])
-    table = format_table(["method", "T", "cos(all)", "|g|/|g_bptt|", "min cos (weights)", "at"],
-                         summary)
+                        f"{worst['cosine']:.4f}", worst["param"], f"{worst_any['cosine']:.4f}",
+                        worst_any["param"]])
+    table = format_table(["method", "T", "cos(all)", "|g|/|g_bptt|", "min cos (weights)", "at",
+                          "min cos (any tensor)", "at"], summary)
     cells = list(dict.fromkeys((r["method"], r["T"]) for r in rows))
     per_weight = [[f"{d}", p] + [f"{r['cosine']:.3f}" for c in cells for r in rows
                                  if (r["method"], r["T"], r["param"]) == (*c, p)]

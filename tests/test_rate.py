@@ -5,6 +5,7 @@ import pytest
 from minirate.losses import cross_entropy
 from minirate.methods import make_method
 from minirate.models import build_model
+from minirate.study import LIMIT, gradient_alignment, weight_depths
 from minirate.data.augment import normalize
 from minirate.data.cifar import load_cifar
 from tests.conftest import SUBSET_DIR
@@ -59,35 +60,32 @@ def test_rate_s_loss_value_equals_single_step_bptt():
     assert np.allclose(z_rate, z_bptt, rtol=1e-10, atol=1e-12)
 
 
-def _cosines(g_a, g_b):
-    return {k: float(np.sum(g_a[k] * g_b[k]) / np.linalg.norm(g_a[k]) / np.linalg.norm(g_b[k]))
-            for k in g_a}
-
-
 def test_T4_gradients_align_with_bptt():
-    """Small residual net on real CIFAR-10 images, T = 4: rate_M's gradient points where BPTT's does.
+    """Small residual net on real CIFAR-10 images, T = 4: rate_M's gradient points where BPTT's
+    does, per tensor as closely as averaging over time allows.
 
-    Measured (seeds 0, 1): overall cosine > 0.99; per tensor 0.97-1.0 for conv/linear weights
-    and down to about 0.9 for batchnorm scales, whose gradient Σ dy·x_hat mixes steps the most.
+    A per-tensor cosine of 0.98 is out of reach for some tensors whatever the rate pass does:
+    `time_average_limit` (BPTT's own backward, exact upstream gradients, each layer input
+    averaged over time) gives 0.93-0.96 for some batchnorm scales of this net. Measured (seeds
+    0, 1): overall > 0.99; conv/linear weights 0.97-1.0; every tensor within 0.05 of its limit.
     """
     x_all, y_all, *_ = load_cifar("cifar10", SUBSET_DIR, download=False)
     x = normalize(x_all[:16]).astype(np.float64)
     y = y_all[:16]
     for seed in (0, 1):
-        g = {}
-        for name in ("bptt", "rate_m"):
-            net = build_model("small", 10, 0.5, seed=seed)
-            net.to(np, np.float64)
-            make_method(name, net, 4).step(x, y)
-            g[name] = {k: gk.copy() for k, _, gk, _ in net.parameters()}
-        cos = _cosines(g["rate_m"], g["bptt"])
-        flat = [np.concatenate([g[n][k].ravel() for k in g[n]]) for n in ("rate_m", "bptt")]
-        overall = float(flat[0] @ flat[1] / np.linalg.norm(flat[0]) / np.linalg.norm(flat[1]))
+        model = build_model("small", 10, 0.5, seed=seed).to(np, np.float64)
+        rows = gradient_alignment(model, x, y, [4], ["rate_m", LIMIT])
+        cos = {m: {r["param"]: r["cosine"] for r in rows if r["method"] == m}
+               for m in ("rate_m", LIMIT)}
+        overall = cos["rate_m"].pop("(all)")
+        cos[LIMIT].pop("(all)")
         assert overall >= 0.98, overall
-        assert min(cos.values()) >= 0.9, cos
-        weights = {k: c for k, c in cos.items() if "conv" in k or "classifier" in k or "shortcut.0" in k}
-        assert min(weights.values()) >= 0.95, weights
-        assert min(cos.values()) < 1 - 1e-6        # T = 4 is not T = 1: not trivially exact
+        weights = {k: c for k, c in cos["rate_m"].items() if k in weight_depths(model)}
+        assert len(weights) == 8 and min(weights.values()) >= 0.95, weights
+        for k, c in cos["rate_m"].items():
+            assert c >= cos[LIMIT][k] - 0.06, (k, c, cos[LIMIT][k])
+        assert min(cos["rate_m"].values()) < 1 - 1e-6    # T = 4 is not T = 1: not trivially exact
+        assert min(cos[LIMIT].values()) < 0.98             # the limit itself, as the docstring says
 
 
 def test_running_stats_come_from_the_spike_pass():

@@ -63,6 +63,24 @@ def test_gradients_equal_bptt_at_T1_and_differ_at_T4():
         assert {r["depth"] for r in at4} >= set(range(8))        # 8 conv/linear weights
 
 
+def test_time_average_limit_is_bptt_where_averaging_changes_nothing():
+    model = build_model("small", 10, 0.25, seed=0).to(np, np.float64)
+    x, y = batch(dtype=np.float64)
+    rows = gradient_alignment(model, x, y, [1, 4], ["avg_limit"])
+    for r in (r for r in rows if r["T"] == 1):                    # one step: nothing to average
+        assert abs(r["cosine"] - 1) < 1e-9 and abs(r["norm_ratio"] - 1) < 1e-9, r
+    at4 = {r["param"]: r for r in rows if r["T"] == 4}
+    # exact at T = 4 too: a bias gradient is Σ_t dy_t; the first convolution sees the same image
+    # at every step; the classifier's dy_t = dlogits / T is the same at every step
+    exact = [p for p in at4 if p.endswith("bias") or p in ("conv0.0.weight", "classifier.0.weight")]
+    assert len(exact) > 5
+    for p in exact:
+        assert abs(at4[p]["cosine"] - 1) < 1e-9 and abs(at4[p]["norm_ratio"] - 1) < 1e-9, p
+    assert min(r["cosine"] for r in at4.values()) < 1 - 1e-4      # the rest loses something
+    # the recording wrappers are gone: every layer's backward is its class's again
+    assert not any("backward" in vars(m) for _, m in model.named_modules())
+
+
 def test_firing_rates_per_layer_and_step():
     model = build_model("small", 10, 0.25, seed=0)
     x, _ = batch()
