@@ -21,7 +21,7 @@ gradients     one batch and one set of weights; for each method m and T, the BPT
     with the rate methods built with scale_grad_by_T=False: their default multiplies the loss
     gradient by 1/T, which would put a factor 1/T into every norm ratio. The row 'avg_limit'
     (`time_average_limit`) is BPTT's own backward with each layer's input averaged over time:
-    the misalignment that averaging alone causes, which a rate pass cannot avoid.
+    the misalignment that averaging alone causes, even with exact upstream gradients.
 firing        a trained network in eval mode on test images: each LIF layer's mean firing rate
     at step t, r_t = mean over samples and neurons of s_t, and over all steps (1/T) Σ_t r_t.
 """
@@ -200,14 +200,14 @@ LAYER_INPUT = {Conv2d: "x", Linear: "x", BatchNorm1d: "x_centred", BatchNorm2d: 
 
 def time_average_limit(model, x, y, T):
     """Parameter gradients from BPTT's own upstream gradients with every layer input averaged
-    over time: how far averaging alone moves a gradient, whatever the upstream error.
+    over time: how far averaging alone moves a gradient, upstream gradients exact.
 
     One multi-step BPTT step records, for each conv, linear and batchnorm layer, the gradient dy
     at its output (T·B rows) and its cache. Each of those layers then runs backward once more on
-    Σ_t dy_t with its cached input replaced by the mean over the T steps. A rate pass can do no
-    better than this: it backpropagates once through time-averaged activations, so a weight
-    gradient Σ_t dy_t ⊗ x_t becomes (Σ_t dy_t) ⊗ mean_t x_t even where dy is exact (a
-    batchnorm scale: Σ_t dy_t·x̂_t against (Σ_t dy_t)·mean_t x̂_t). Biases and any layer whose
+    Σ_t dy_t with its cached input replaced by the mean over the T steps. That is where a rate
+    pass would land if every upstream gradient were exact: it backpropagates once through
+    time-averaged activations, so a weight gradient Σ_t dy_t ⊗ x_t becomes (Σ_t dy_t) ⊗ mean_t x_t
+    (a batchnorm scale: Σ_t dy_t·x̂_t against (Σ_t dy_t)·mean_t x̂_t). Biases and any layer whose
     input is the same at every step (the first convolution) keep cosine 1.
     """
     recorded = []

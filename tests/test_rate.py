@@ -64,9 +64,9 @@ def test_T4_gradients_align_with_bptt():
     """Small residual net on real CIFAR-10 images, T = 4: rate_M's gradient points where BPTT's
     does, per tensor as closely as averaging over time allows.
 
-    A per-tensor cosine of 0.98 is out of reach for some tensors whatever the rate pass does:
-    `time_average_limit` (BPTT's own backward, exact upstream gradients, each layer input
-    averaged over time) gives 0.93-0.96 for some batchnorm scales of this net. Measured (seeds
+    A per-tensor cosine of 0.98 is out of reach for some tensors even with exact upstream
+    gradients: `time_average_limit` (BPTT's own backward, each layer input averaged over time)
+    gives 0.93-0.96 for some batchnorm scales of this net. Measured (seeds
     0, 1): overall > 0.99; conv/linear weights 0.97-1.0; every tensor within 0.05 of its limit.
     """
     x_all, y_all, *_ = load_cifar("cifar10", SUBSET_DIR, download=False)
