@@ -2,7 +2,7 @@
 
     python benchmarks/bench_conv.py --batch 16 --repeats 5
 
-For each distinct conv shape of resnet18 on 32x32 inputs: median time of conv2d_forward and of
+For each distinct conv shape of resnet18 on 32x32 inputs: best time of conv2d_forward and of
 conv2d_backward (input and weight gradient together), as GFLOP/s (forward 2·N·O·C·k²·Ho·Wo,
 backward twice that), and as a percentage of a plain float32 matrix multiply measured in the same
 run (the practical ceiling for an im2col convolution), before any convolution and so with BLAS's
@@ -28,14 +28,16 @@ SHAPES = {(3, 64, 32, 3, 1, 1): 1, (64, 64, 32, 3, 1, 1): 4, (64, 128, 32, 3, 2,
           (256, 512, 8, 1, 2, 0): 1, (512, 512, 4, 3, 1, 1): 3}
 
 
-def median_time(fn, repeats):
-    fn()                                            # warm-up
+def best_time(fn, repeats):
+    """The fastest of `repeats` runs after a warm-up: on a shared machine the other jobs only
+    ever add time, so the minimum is the measurement least disturbed by them."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return min(times)
 
 
 def main():
@@ -46,7 +48,7 @@ def main():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(512, 4608)).astype(np.float32)
     B = rng.normal(size=(4608, 4096)).astype(np.float32)
-    ceiling = 2 * 512 * 4608 * 4096 / median_time(lambda: A @ B, a.repeats) / 1e9
+    ceiling = 2 * 512 * 4608 * 4096 / best_time(lambda: A @ B, a.repeats) / 1e9
     print(f"# conv2d, batch {a.batch}, float32, {cpu_threads()} CPU threads; matmul ceiling "
           f"(512x4608 @ 4608x4096): {ceiling:.1f} GFLOP/s\n")
     print("| C->O | HxW | k/s | fwd ms | fwd GFLOP/s | fwd % ceiling | bwd ms | bwd GFLOP/s "
@@ -60,8 +62,8 @@ def main():
         flops = 2 * a.batch * O * C * k * k * Ho * Ho
         y, cache = conv2d_forward(x, W, None, s, pad)
         dy = rng.normal(size=y.shape).astype(np.float32)
-        tf = median_time(lambda: conv2d_forward(x, W, None, s, pad), a.repeats)
-        tb = median_time(lambda: conv2d_backward(dy, cache), a.repeats)
+        tf = best_time(lambda: conv2d_forward(x, W, None, s, pad), a.repeats)
+        tb = best_time(lambda: conv2d_backward(dy, cache), a.repeats)
         total += count * np.array([flops, tf, 2 * flops, tb])
         _row(f"{C}->{O}", f"{H}x{H}", f"{k}/{s}", flops, tf, tb, ceiling)
     _row("resnet18, all", "", "", total[0], total[1], total[3], ceiling)

@@ -20,7 +20,7 @@ import numpy as np
 
 try:
     from threadpoolctl import ThreadpoolController
-except ImportError:  # optional: without it, chunks run one after another
+except ImportError:  # optional: without it, cpu_map runs its calls one after another
     ThreadpoolController = None
 
 try:  # CuPy is optional: without it everything runs on the CPU and nothing is said.
@@ -131,8 +131,9 @@ def cpu_map(fn, arg_tuples):
     """[fn(*args) for args in arg_tuples], the calls on `cpu_threads()` threads at once.
 
     NumPy releases the interpreter lock inside copies, ufuncs and BLAS, so the threads really
-    run together; BLAS is held to one thread meanwhile, so that they do not each start a pool of
-    their own. A single call runs here, with BLAS as it was.
+    run together. BLAS is held to one thread, so that they do not each start a pool of their own:
+    from the first call that uses threads on, for the whole process. A single call runs in the
+    calling thread.
     """
     if len(arg_tuples) < 2 or cpu_threads() < 2:
         return [fn(*args) for args in arg_tuples]

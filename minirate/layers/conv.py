@@ -24,10 +24,9 @@ slice adds.
 
 On the CPU the batch is split into one range of samples per thread, run at once (see
 `backend.cpu_ranges`); each range goes through in chunks of a few samples (see `_chunks`): one
-chunk's cols is
-still in cache when the multiply reads it, the k*k-times-larger temporaries stay small whatever N
-is, and only the chunk's y2 and dy2 (k*k times smaller than cols when O = C) are transposed between
-(O, columns) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
+chunk's cols is still in cache when the multiply reads it, the k*k-times-larger temporaries stay
+small whatever N is, and only the chunk's y2 and dy2 (k*k times smaller than cols when O = C) are
+transposed between (O, columns) and NCHW. The cache keeps the *unpadded* input x itself (not the padded copy and not
 cols): backward rebuilds what it needs, chunk by chunk. Keeping x itself means a cache shares its
 bytes with whichever layer produced x.
 """
@@ -134,7 +133,8 @@ def im2col(x, k, stride, padding, out=None):
 
         cols[(c, p, q), column(n, i, j)] = x_pad[n, c, s*i + p, s*j + q]
 
-    with columns ordered (i, j, n) for stride 1 and (n, i, j) otherwise (see `samples_last`).
+    with columns ordered (i, j, n) on small stride-1 maps and (n, i, j) otherwise (see
+    `samples_last`).
     Filled through a 6-D view of cols by one strided slice copy per kernel offset (p, q);
     `out`, if given, is the (C*k*k, N*Ho*Wo) array to fill.
     """
@@ -281,18 +281,19 @@ def _backward_strided(dy, x, W, stride, padding):
 
     def fill(start, stop):                                    # dx[start:stop] and its part of dW2
         dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
-        chunks = _chunks(xp, start, stop, HW, 2 * CKK * HW * x.dtype.itemsize)  # cols, dcols
-        buf = xp.empty((2, CKK * (chunks[0][1] - start) * HW), dtype=x.dtype)  # both, reused
+        chunks = _chunks(xp, start, stop, HW, CKK * HW * (x.itemsize + dx.itemsize))
+        size = CKK * (chunks[0][1] - start) * HW
+        buf, dbuf = xp.empty(size, dtype=x.dtype), xp.empty(size, dtype=dx.dtype)  # cols, dcols
         for n0, n1 in chunks:
             n = n1 - n0
-            cols = im2col(x[n0:n1], k, stride, padding, out=buf[0, :CKK * n * HW].reshape(CKK, -1))
+            cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, -1))
             dy2 = to_rows(dy[n0:n1], stride)                 # (O, n*Ho*Wo)
             dW2 += dy2 @ cols.T                               # (O, C*k*k)
-            dcols = xp.matmul(W2.T, dy2, out=buf[1, :CKK * n * HW].reshape(CKK, -1))
+            dcols = xp.matmul(W2.T, dy2, out=dbuf[:CKK * n * HW].reshape(CKK, -1))
             col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
         return dW2
 
-    dW2 = sum(cpu_map(fill, cpu_ranges(xp, N, 2 * CKK * HW * x.dtype.itemsize)))
+    dW2 = sum(cpu_map(fill, cpu_ranges(xp, N, CKK * HW * (x.itemsize + dx.itemsize))))
     return dx, dW2.reshape(W.shape)                           # (O, C*k*k) -> (O, C, k, k)
 
 

@@ -29,7 +29,7 @@ def _sigmoid_grad(xp, x, alpha):
     """α σ(αx)(1 − σ(αx)) = α e / (1 + e)² with e = exp(−α|x|).
 
     The bump is even in x, so writing it through exp(−α|x|) ≤ 1 never overflows. It is on the
-    hot path of every LIF backward: one temporary, updated in place.
+    hot path of every LIF backward: two temporaries, updated in place.
     """
     e = xp.abs(x)
     e *= -alpha
