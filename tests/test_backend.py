@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from minirate import backend
+from minirate.layers.batchnorm import BatchNorm2d
 from minirate.layers.conv import conv2d_backward, conv2d_forward
 from minirate.layers.lif import LIFParams, lif_backward, lif_forward, lif_forward_rate
 
@@ -96,3 +97,21 @@ def test_lif_rate_pass_split_over_threads_matches_one_thread(threads):
     assert one[1].shape == one[2].shape == (2, 4, 3)
     for a, b in zip(three, one):
         assert np.allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_batchnorm_split_over_threads_matches_one_thread(threads):
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, size=(5, 4, 3, 3))
+    dy = rng.normal(size=x.shape)
+    results = []
+    for n in (1, threads):
+        backend.set_cpu_threads(n)
+        layer = BatchNorm2d(4).to(np, np.float64)
+        y, cache = layer.forward(x)                                   # batch statistics
+        dx = layer.backward(dy, cache)
+        y_st, c_st = layer.forward_fixed_stats(x, np.full(4, 1.5), np.full(4, 2.0))
+        dx_st = layer.backward_fixed_stats(dy, c_st)
+        results.append([y, dx, y_st, dx_st, layer.grads["weight"].copy(),
+                        layer.grads["bias"].copy(), layer.buffers["running_var"].copy()])
+    for a, b in zip(*results):
+        assert np.allclose(a, b, rtol=1e-12, atol=1e-13)

@@ -53,7 +53,7 @@ def test_surrogate_is_derivative_of_smooth(surrogate):
         assert rel_error(num, surrogate_grad(x, surrogate, a)) < 1e-6
 
 
-@pytest.mark.parametrize("surrogate,reset", itertools.product(SURROGATES, RESETS))
+@pytest.mark.parametrize("surrogate,reset", list(itertools.product(SURROGATES, RESETS)))
 def test_bptt_backward_matches_finite_differences(surrogate, reset):
     rng = np.random.default_rng(1)
     T, B, C = 5, 3, 4
@@ -94,7 +94,7 @@ def test_single_step_equals_multi_step():
     assert np.allclose(np.concatenate(dIs), dI)
 
 
-@pytest.mark.parametrize("surrogate,reset", itertools.product(["sigmoid", "atan"], RESETS))
+@pytest.mark.parametrize("surrogate,reset", list(itertools.product(["sigmoid", "atan"], RESETS)))
 def test_eligibility_is_derivative_of_rate(surrogate, reset):
     """e = d r / d c for I_t + c at every step (smooth spikes; detached reset held fixed)."""
     rng = np.random.default_rng(3)

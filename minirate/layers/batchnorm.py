@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import cpu_map, cpu_ranges, get_array_module
 from .base import Module
 
 
@@ -68,15 +68,28 @@ def _channel_dot(a, b):
     return xp.einsum(f"{idx},{idx}->c", a, b)
 
 
+def _by_samples(fn, x):
+    """[fn(a, b)] for ranges a..b of samples (axis 0) that cover x, one per CPU thread, run at
+    once (`cpu_map`): each pass below works sample by sample, or sums per-sample parts."""
+    xp = get_array_module(x)
+    return cpu_map(fn, cpu_ranges(xp, x.shape[0], x.nbytes // max(1, x.shape[0])))
+
+
 def _centred_stats(x):
     """(μ, σ², x − μ): per-channel mean, biased variance mean((x − μ)²), and the centred x.
 
     Two passes over x plus the centred copy; see the module docstring for why not E[x²] − E[x]².
     """
     xp = get_array_module(x)
-    mean = xp.mean(x, axis=_axes(x))
-    xc = x - _per_channel(mean, x)
-    return mean, _channel_dot(xc, xc) / _count(x), xc
+    axes, n = _axes(x), _count(x)
+    mean = sum(_by_samples(lambda a, b: x[a:b].sum(axis=axes), x)) / n
+    xc = xp.empty_like(x)
+
+    def centre(a, b):                     # x − μ for these samples, and their Σ (x − μ)²
+        xp.subtract(x[a:b], _per_channel(mean, x), out=xc[a:b])
+        return _channel_dot(xc[a:b], xc[a:b])
+
+    return mean, sum(_by_samples(centre, x)) / n, xc
 
 
 def batchnorm_stats(x):
@@ -108,10 +121,17 @@ def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=Non
     The cache keeps x − μ and the per-channel s: x̂ itself is never formed, y = (x − μ)·(γ s) + β.
     x (N, C, ...) -> y like x.
     """
+    xp = get_array_module(x)
     inv_std = _inv_std(var, eps, x)
     xc = x - _per_channel(mean, x) if x_centred is None else x_centred
-    y = xc * _per_channel(gamma * inv_std, x)
-    y += _per_channel(beta, x)
+    scale, shift = _per_channel(gamma * inv_std, x), _per_channel(beta, x)
+    y = xp.empty_like(xc)
+
+    def affine(a, b):                     # y = (x − μ)·(γ s) + β for these samples
+        xp.multiply(xc[a:b], scale, out=y[a:b])
+        y[a:b] += shift
+
+    _by_samples(affine, x)
     return y, BatchNormCache(xc, inv_std, gamma, bool(batch_stats), None)
 
 
@@ -138,19 +158,26 @@ def batchnorm_backward(dy, cache):
     written as dx = dy · (γ s) − (x − μ) · (γ s² dγ / n) − (γ s / n) · (dβ − x_hat_mean · dγ):
     per-channel numbers times the two full-size arrays, four passes.
     """
+    xp = get_array_module(dy)
     xc, inv_std, gamma = cache.x_centred, cache.inv_std, cache.gamma
-    axes = _axes(dy)
-    dbeta = dy.sum(axis=axes)
-    dgamma = _channel_dot(dy, xc) * inv_std
+    axes, n = _axes(dy), _count(dy)
+    sums = _by_samples(lambda a, b: (dy[a:b].sum(axis=axes), _channel_dot(dy[a:b], xc[a:b])), dy)
+    dbeta = sum(part[0] for part in sums)
+    dgamma = sum(part[1] for part in sums) * inv_std
     scale = gamma.astype(dy.dtype, copy=False) * inv_std      # (C,) γ s
-    dx = dy * _per_channel(scale, dy)
-    if not cache.batch_stats:
-        return dx, dgamma, dbeta
-    n = _count(dy)
     # x̃ · dγ = x̂ · dγ − x_hat_mean · dγ: the per-channel part joins dβ, no extra full-size array
     offset = dbeta if cache.x_hat_mean is None else dbeta - cache.x_hat_mean * dgamma
-    dx -= xc * _per_channel(scale * inv_std * dgamma / n, dy)
-    dx -= _per_channel(scale * offset / n, dy)
+    per_dy, per_xc, per_one = (_per_channel(v, dy) for v in
+                               (scale, scale * inv_std * dgamma / n, scale * offset / n))
+    dx = xp.empty_like(dy)
+
+    def grad(a, b):                       # dx for these samples
+        xp.multiply(dy[a:b], per_dy, out=dx[a:b])
+        if cache.batch_stats:
+            dx[a:b] -= xc[a:b] * per_xc
+            dx[a:b] -= per_one
+
+    _by_samples(grad, dy)
     return dx, dgamma, dbeta
 
 
