@@ -4,9 +4,9 @@ No other file imports CuPy. Op bodies ask `get_array_module(x)` for the array mo
 inputs and stay generic; the device itself is an explicit choice (`--device cpu|cuda`).
 
 CPU threads: NumPy's own loops (the copies of im2col, elementwise maths) run on one core, and
-only its BLAS spreads a matrix multiply over several. The heavy layers (convolution, LIF)
-therefore split their work into one contiguous range per core (`cpu_ranges`: samples for a
-convolution, neurons for LIF) and run the ranges on `cpu_threads()` threads at once (`cpu_map`),
+only its BLAS spreads a matrix multiply over several. The heavy layers (convolution,
+batchnorm, LIF) therefore split their work into one contiguous range per core (`cpu_ranges`:
+samples for convolution and batchnorm, neurons for LIF) and run the ranges on `cpu_threads()` threads at once (`cpu_map`),
 each with single-threaded BLAS: then the copies and the elementwise maths run in parallel too.
 threadpoolctl, the maintained way to set a loaded BLAS's thread count at run time, holds BLAS to
 one thread from the first such call on, for the whole process (set MINIRATE_NUM_THREADS=1 to
