@@ -103,14 +103,25 @@ def _inv_std(var, eps, x):
     return (1 / xp.sqrt(var.astype(x.dtype, copy=False) + eps)).astype(x.dtype, copy=False)
 
 
+def _affine(x, scale, shift):
+    """y = x · scale + shift with per-channel (C,) scale and shift, sample ranges on the threads."""
+    xp = get_array_module(x)
+    scale, shift = _per_channel(scale, x), _per_channel(shift, x)
+    y = xp.empty_like(x)
+
+    def fill(a, b):
+        xp.multiply(x[a:b], scale, out=y[a:b])
+        y[a:b] += shift
+
+    _by_samples(fill, x)
+    return y
+
+
 def batchnorm_normalize(x, gamma, beta, mean, var, eps):
     """y = γ (x − μ)/√(σ² + ε) + β with given per-channel (C,) μ, σ²; x (N, C, ...), y like x."""
     scale = gamma.astype(x.dtype, copy=False) * _inv_std(var, eps, x)
     shift = beta.astype(x.dtype, copy=False) - mean.astype(x.dtype, copy=False) * scale
-    # one fused affine map: y = x · (γ s) + (β − μ γ s)
-    y = x * _per_channel(scale, x)
-    y += _per_channel(shift, x)
-    return y
+    return _affine(x, scale, shift)        # one fused affine map: y = x · (γ s) + (β − μ γ s)
 
 
 def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=None):
@@ -121,17 +132,9 @@ def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=Non
     The cache keeps x − μ and the per-channel s: x̂ itself is never formed, y = (x − μ)·(γ s) + β.
     x (N, C, ...) -> y like x.
     """
-    xp = get_array_module(x)
     inv_std = _inv_std(var, eps, x)
     xc = x - _per_channel(mean, x) if x_centred is None else x_centred
-    scale, shift = _per_channel(gamma * inv_std, x), _per_channel(beta, x)
-    y = xp.empty_like(xc)
-
-    def affine(a, b):                     # y = (x − μ)·(γ s) + β for these samples
-        xp.multiply(xc[a:b], scale, out=y[a:b])
-        y[a:b] += shift
-
-    _by_samples(affine, x)
+    y = _affine(xc, gamma.astype(x.dtype, copy=False) * inv_std, beta)   # (x − μ)·(γ s) + β
     return y, BatchNormCache(xc, inv_std, gamma, bool(batch_stats), None)
 
 
