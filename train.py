@@ -32,7 +32,7 @@ from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
 
 # -- config -------------------------------------------------------------------------------
-DATASETS = {"cifar10": 10, "cifar100": 100}
+DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,

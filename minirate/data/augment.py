@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 # Per-channel mean and standard deviation of the training images, pixel values in [0, 1].
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar10-sample": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),   # as CIFAR-10
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
