@@ -36,10 +36,10 @@ def _ch(c, width):
     return max(1, int(round(c * width)))
 
 
-def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng):
+def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng, in_channels):
     ch = [_ch(c, width) for c in channels]
     c_in = _ch(stem, width)
-    parts = [("conv0", Sequential(Conv2d(3, c_in, 3, 1, 1, bias=False, rng=rng),
+    parts = [("conv0", Sequential(Conv2d(in_channels, c_in, 3, 1, 1, bias=False, rng=rng),
                                   BatchNorm2d(c_in), make_neuron()))]
     for i, (n, c) in enumerate(zip(blocks, ch)):
         layers = []
@@ -57,8 +57,8 @@ def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng
     return Net(parts)
 
 
-def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng):
-    feature, c_in = [], 3
+def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng, in_channels):
+    feature, c_in = [], in_channels
     for v in cfg:
         if v == "A":
             feature.append(AvgPool2d(2, 2))
@@ -75,8 +75,9 @@ def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng):
 ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar")
 
 
-def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0):
-    """Build `arch` (one of ARCHS). `neuron`: keyword arguments for every LIF layer."""
+def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
+    """Build `arch` (one of ARCHS). `neuron`: keyword arguments for every LIF layer;
+    `in_channels`: 3 for RGB images, 2 for event frames (one channel per polarity)."""
     rng = np.random.default_rng(seed)
     neuron = dict(neuron or {})
 
@@ -84,16 +85,18 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0):
         return LIF(**neuron)
 
     if arch == "small":       # a fast net for CPU runs: 3 spiking convs stages, 2 residual blocks
-        return _resnet([1, 1], [32, 64], 16, None, num_classes, width, make_neuron, rng)
+        return _resnet([1, 1], [32, 64], 16, None, num_classes, width, make_neuron, rng,
+                       in_channels)
     if arch == "resnet18":
         return _resnet([2, 2, 2, 2], [64, 128, 256, 512], 64, None, num_classes, width,
-                       make_neuron, rng)
+                       make_neuron, rng, in_channels)
     if arch == "resnet19":
-        return _resnet([3, 3, 2], [128, 256, 512], 128, 256, num_classes, width, make_neuron, rng)
+        return _resnet([3, 3, 2], [128, 256, 512], 128, 256, num_classes, width, make_neuron,
+                       rng, in_channels)
     if arch == "vgg11":
         cfg = [64, "A", 128, 256, "A", 512, 512, "A", 512, "A", 512, 512, ("AA", 1)]
-        return _vgg(cfg, 1, num_classes, width, make_neuron, rng)
+        return _vgg(cfg, 1, num_classes, width, make_neuron, rng, in_channels)
     if arch == "vggsnn_cifar":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, ("AA", 3)]
-        return _vgg(cfg, 9, num_classes, width, make_neuron, rng)
+        return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -1,6 +1,6 @@
 """Backpropagation through time (BPTT), exact up to the surrogate derivative of the spike.
 
-Multi-step mode ('m'): the input is repeated over T steps and every stateless layer (conv,
+Multi-step mode ('m'): the input (a static image repeated, or T frames) is stacked over T steps and every stateless layer (conv,
 batchnorm, linear, pooling) processes all T*B samples at once, batchnorm statistics over T*B;
 each LIF layer loops over time. Every layer keeps its cache; backward runs the layers in reverse
 and each LIF layer runs its reversed loop over time.
@@ -14,7 +14,7 @@ Loss: cross-entropy of the output averaged over steps.
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import mean_over_time, repeat_over_time, spread_over_time
+from .common import input_at, input_over_time, mean_over_time, spread_over_time
 
 
 class BPTT:
@@ -29,6 +29,7 @@ class BPTT:
     def step(self, x, y, loss_fn=cross_entropy):
         """Forward and backward on one batch; adds gradients into the model. Returns (loss, logits).
 
+        x: a static batch (B, C, H, W) or frames (T, B, C, H, W) (see methods/common.py).
         loss_fn(logits, y) -> (loss, dlogits); cross-entropy by default.
         """
         if self.step_mode == "m":
@@ -45,7 +46,7 @@ class BPTT:
         def back(layer, dh):
             return layer.backward(dh, caches.pop(layer))
 
-        out = self.model.forward(repeat_over_time(x, T), run)        # (T*B, K)
+        out = self.model.forward(input_over_time(x, T), run)         # (T*B, K)
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
         logits = mean_over_time(out, T)
         loss, dlogits = loss_fn(logits, y)
@@ -66,7 +67,7 @@ class BPTT:
                 return out
             return run
 
-        logits = sum(self.model.forward(x, run_at(t)) for t in range(T)) / T
+        logits = sum(self.model.forward(input_at(x, t), run_at(t)) for t in range(T)) / T
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
         loss, dlogits = loss_fn(logits, y)
         du_post = {}                            # LIF layer -> dL/du⁺ flowing from step t+1

@@ -1,4 +1,10 @@
-"""Pieces every training method shares: input encoding, readout and inference."""
+"""Pieces every training method shares: input encoding, readout and inference.
+
+Inputs come in two kinds, told apart by their number of axes:
+    static image     (B, C, H, W)      fed unchanged at every step (direct encoding)
+    time-varying     (T, B, C, H, W)   frame t is the input at step t (event-camera data)
+`input_over_time`, `input_at` and `input_mean` give every method the same view of both.
+"""
 from ..backend import get_array_module
 from ..layers.lif import LIF
 
@@ -7,6 +13,30 @@ def repeat_over_time(x, T):
     """Direct input encoding: the static image at every step. (B, ...) -> (T*B, ...)."""
     xp = get_array_module(x)
     return xp.broadcast_to(x, (T,) + x.shape).reshape(T * x.shape[0], *x.shape[1:])
+
+
+def is_time_varying(x):
+    """True for a frame sequence (T, B, C, H, W); False for a static batch (B, C, H, W)."""
+    return x.ndim == 5
+
+
+def input_over_time(x, T):
+    """The input of all T steps stacked: (B, ...) repeated, or (T, B, ...) -> (T*B, ...)."""
+    if not is_time_varying(x):
+        return repeat_over_time(x, T)
+    if x.shape[0] != T:
+        raise ValueError(f"input has {x.shape[0]} frames, the method runs T={T} steps")
+    return x.reshape(T * x.shape[1], *x.shape[2:])      # (T, B, C, H, W) -> (T*B, C, H, W)
+
+
+def input_at(x, t):
+    """The input of step t: (B, ...) for both kinds."""
+    return x[t] if is_time_varying(x) else x
+
+
+def input_mean(x):
+    """The input averaged over time, (B, ...): a static image is its own mean."""
+    return x.mean(axis=0) if is_time_varying(x) else x
 
 
 def mean_over_time(out, T):
@@ -23,10 +53,11 @@ def spread_over_time(dlogits, T):
 def predict(model, x, T):
     """Logits (B, K) of the spiking network over T steps, keeping nothing for backward.
 
+    x: a static batch (B, C, H, W) or frames (T, B, C, H, W).
     Used for evaluation by every method (eval mode: batchnorm uses running statistics, so
     stepping all samples at once or one step at a time gives the same result).
     """
     def run(layer, h):
         return layer.forward(h, T)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
 
-    return mean_over_time(model.forward(repeat_over_time(x, T), run), T)
+    return mean_over_time(model.forward(input_over_time(x, T), run), T)

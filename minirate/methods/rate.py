@@ -9,7 +9,8 @@ One training step is two passes over the same layers.
      BatchNorm  mean μ_s and biased variance σ²_s of its input; running statistics are
                 updated here and only here.
 2. Rate pass: one single-step forward on the time-averaged input (for a static image, the image
-   itself) keeping caches, then one backward:
+   itself; for frames, their mean over the T steps, in both step modes) keeping caches, then one
+   backward:
      conv, linear, pooling   ordinary forward/backward on rates
      LIF                     output r (from the spike pass); backward dI = dr · e
      BatchNorm               output γ (x − μ_s)/sqrt(σ²_s + eps) + β; backward: the exact derivative
@@ -34,7 +35,7 @@ from ..layers.base import cache_nbytes
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.lif import LIF, lif_rate_backward, rate_and_eligibility
 from ..losses import cross_entropy
-from .common import repeat_over_time
+from .common import input_at, input_mean, input_over_time
 
 BN_TYPES = (BatchNorm1d, BatchNorm2d)
 
@@ -70,7 +71,7 @@ class RateBP:
                 return layer.normalize(h, mean, var)
             return layer.forward(h)[0]
 
-        self.model.forward(repeat_over_time(x, T), run)
+        self.model.forward(input_over_time(x, T), run)
         return stats
 
     def _spike_pass_single(self, x):
@@ -89,8 +90,8 @@ class RateBP:
                 return layer.normalize(h, mean, var)
             return layer.forward(h)[0]
 
-        for _ in range(T):
-            self.model.forward(x, run)
+        for t in range(T):
+            self.model.forward(input_at(x, t), run)
         stats = {layer: rate_and_eligibility(st) for layer, st in state.items()}
         for layer, (mean_sum, inv_sum) in sums.items():
             stats[layer] = (mean_sum / T, T / inv_sum - layer.eps)
@@ -120,7 +121,7 @@ class RateBP:
                 return layer.backward_fixed_stats(dh, caches.pop(layer))
             return layer.backward(dh, caches.pop(layer))
 
-        logits = self.model.forward(x, run)               # (B, K): the static image is its own mean
+        logits = self.model.forward(input_mean(x), run)   # (B, K): rate pass on the mean input
         self.kept_bytes = cache_nbytes(stats, caches, exclude=self.model.params_list())
         loss, dlogits = loss_fn(logits, y)
         if self.scale_grad_by_T:
