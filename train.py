@@ -2,7 +2,8 @@
 
     python train.py --method rate --dataset cifar10 --arch resnet18 --T 4
 
-Order of this file: config, data, model, optimizer, schedule, evaluate, loop, checkpoint.
+Order of this file: config, model, output folder, data, optimizer, schedule, evaluate, resume,
+loop (with its checkpoints).
 Every option is listed by `python train.py --help`. Outputs in --out: last.npz and best.npz
 (atomic checkpoints with the resolved config), metrics.jsonl (one JSON line per epoch) and
 config.json. Errors in what was asked for (a missing data set, a bad checkpoint, an impossible
@@ -19,20 +20,23 @@ import time
 import numpy as np
 
 from minirate.backend import DEVICES, DeviceError, get_xp, synchronize, to_numpy
-from minirate.cli import ArgumentParser, finite_float, positive_int
+from minirate.cli import (ArgumentParser, finite_float, nonnegative_float, nonnegative_int,
+                          positive_float, positive_int, unit_interval)
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
-from minirate.data.cifar import DatasetError, load_cifar
+from minirate.data.cifar import SPECS, DatasetError, load_cifar
 from minirate.data.loader import Loader
+from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.methods import METHODS, make_method, predict
 from minirate.models import ARCHS, build_model
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
+from minirate.rundir import RunDirError, RunLock, holds_run, remove_stale_temporaries
 
 # -- config -------------------------------------------------------------------------------
-DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}
+DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}   # name -> classes
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,
@@ -40,12 +44,15 @@ DEFAULTS = dict(
     decay=0.2, threshold=1.0, reset="soft", v_reset=0.0, detach_reset=True,
     surrogate="sigmoid", alpha=None,
     crop=True, flip=True, cutout=0, autoaugment=False,
-    data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
+    data_dir="data", download=True, out="runs/default", resume="", overwrite=False,
+    max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
+# What a checkpoint's saved position means: which batches come next, in which order.
+DATA_ORDER = ("batch_size", "seed")
 
 
 class UsageError(Exception):
@@ -60,64 +67,99 @@ def parse_args(argv=None):
     g = p.add_argument_group("method and model")
     g.add_argument("--method", choices=METHODS, default=d["method"],
                    help="training method (rate = rate_m)")
-    g.add_argument("--dataset", choices=tuple(DATASETS), default=d["dataset"])
-    g.add_argument("--arch", choices=ARCHS, default=d["arch"])
+    g.add_argument("--dataset", choices=tuple(DATASETS), default=d["dataset"],
+                   help="cifar10-sample: a real sample bundled with minirate (no download)")
+    g.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network")
     g.add_argument("--T", type=positive_int, default=d["T"], help="time steps")
     g.add_argument("--step-mode", choices=("m", "s"), default=d["step_mode"],
                    help="bptt only: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
-    g.add_argument("--width", type=finite_float, default=d["width"], help="channel multiplier")
+    g.add_argument("--width", type=positive_float, default=d["width"], help="channel multiplier")
     g = p.add_argument_group("neuron")
-    g.add_argument("--decay", type=finite_float, default=d["decay"], help="LIF leak λ")
-    g.add_argument("--threshold", type=finite_float, default=d["threshold"])
-    g.add_argument("--reset", choices=RESETS, default=d["reset"])
-    g.add_argument("--v-reset", type=finite_float, default=d["v_reset"], help="hard reset value")
-    g.add_argument("--detach-reset", action=on_off, default=d["detach_reset"])
-    g.add_argument("--surrogate", choices=SURROGATES, default=d["surrogate"])
-    g.add_argument("--alpha", type=finite_float, default=d["alpha"],
-                   help="surrogate sharpness/width (default: 4 sigmoid, 2 atan, 1 others)")
+    g.add_argument("--decay", type=unit_interval, default=d["decay"],
+                   help="LIF leak λ in [0, 1]: u_t = λ u⁺_{t-1} + I_t")
+    g.add_argument("--threshold", type=positive_float, default=d["threshold"],
+                   help="firing threshold θ")
+    g.add_argument("--reset", choices=RESETS, default=d["reset"],
+                   help="soft: subtract θ; hard: set to --v-reset")
+    g.add_argument("--v-reset", type=finite_float, default=d["v_reset"],
+                   help="hard reset value, below the threshold")
+    g.add_argument("--detach-reset", action=on_off, default=d["detach_reset"],
+                   help="treat the reset as a constant in backward")
+    g.add_argument("--surrogate", choices=SURROGATES, default=d["surrogate"],
+                   help="surrogate derivative of the spike")
+    g.add_argument("--alpha", type=positive_float, default=d["alpha"],
+                   help="surrogate sharpness/width (None: 4 sigmoid, 2 atan, 1 others)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=d["epochs"])
-    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
-    g.add_argument("--optimizer", choices=("sgd", "adam"), default=d["optimizer"])
-    g.add_argument("--lr", type=finite_float, default=d["lr"], help="peak learning rate")
-    g.add_argument("--momentum", type=finite_float, default=d["momentum"])
-    g.add_argument("--nesterov", action=on_off, default=d["nesterov"])
-    g.add_argument("--wd", type=finite_float, default=d["wd"],
+    g.add_argument("--epochs", type=positive_int, default=d["epochs"], help="epochs in all")
+    g.add_argument("--batch-size", type=positive_int, default=d["batch_size"],
+                   help="training batch size")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default=d["optimizer"], help="optimizer")
+    g.add_argument("--lr", type=positive_float, default=d["lr"], help="peak learning rate")
+    g.add_argument("--momentum", type=unit_interval, default=d["momentum"],
+                   help="SGD momentum in [0, 1)")
+    g.add_argument("--nesterov", action=on_off, default=d["nesterov"],
+                   help="Nesterov momentum (SGD with momentum > 0)")
+    g.add_argument("--wd", type=nonnegative_float, default=d["wd"],
                    help="weight decay on conv/linear weights only")
-    g.add_argument("--warmup-epochs", type=finite_float, default=d["warmup_epochs"])
-    g.add_argument("--grad-clip", type=finite_float, default=d["grad_clip"],
+    g.add_argument("--warmup-epochs", type=nonnegative_float, default=d["warmup_epochs"],
+                   help="linear warm-up before the cosine schedule, at most --epochs")
+    g.add_argument("--grad-clip", type=nonnegative_float, default=d["grad_clip"],
                    help="max global gradient norm (0 = off)")
     g.add_argument("--scale-grad-by-T", action=on_off, default=d["scale_grad_by_T"],
                    help="rate methods: multiply the loss gradient by 1/T as the published recipe")
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=d["data_dir"])
+    g.add_argument("--data-dir", default=d["data_dir"],
+                   help="folder that holds (or will hold) the data set")
     g.add_argument("--download", action=on_off, default=d["download"],
                    help="download the data set when missing")
     g.add_argument("--crop", action=on_off, default=d["crop"], help="random crop, 4-px padding")
     g.add_argument("--flip", action=on_off, default=d["flip"], help="random horizontal flip")
-    g.add_argument("--cutout", type=int, default=d["cutout"], help="Cutout size in px (0 = off)")
+    g.add_argument("--cutout", type=nonnegative_int, default=d["cutout"],
+                   help="Cutout size in px, at most 32 (0 = off)")
     g.add_argument("--autoaugment", action=on_off, default=d["autoaugment"],
                    help="AutoAugment CIFAR-10 policy")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=d["out"], help="folder for checkpoints and metrics")
     g.add_argument("--resume", default=d["resume"], help="checkpoint path, or 'auto' = OUT/last.npz")
-    g.add_argument("--max-steps", type=int, default=d["max_steps"],
+    g.add_argument("--overwrite", action=on_off, default=d["overwrite"],
+                   help="start a new run in an --out that already holds one, replacing it")
+    g.add_argument("--max-steps", type=nonnegative_int, default=d["max_steps"],
                    help="stop after this many optimizer steps in all (0 = no limit)")
-    g.add_argument("--save-every", type=int, default=d["save_every"],
+    g.add_argument("--save-every", type=nonnegative_int, default=d["save_every"],
                    help="also save last.npz every N steps (0 = end of epoch only)")
-    g.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"])
-    g.add_argument("--seed", type=int, default=d["seed"])
-    g.add_argument("--device", choices=DEVICES, default=d["device"])
-    g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
+    g.add_argument("--eval-batch-size", type=positive_int, default=d["eval_batch_size"],
+                   help="evaluation batch size")
+    g.add_argument("--seed", type=nonnegative_int, default=d["seed"],
+                   help="seed of the weights, the data order and the augmentation")
+    g.add_argument("--device", choices=DEVICES, default=d["device"], help="cpu or cuda")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
+                   help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
-    args = p.parse_args(argv)
-    for name in ("max_steps", "save_every", "cutout", "seed"):
-        if getattr(args, name) < 0:
-            p.error(f"argument --{name.replace('_', '-')}: must be >= 0")
-    if args.lr <= 0:
-        p.error("argument --lr: must be > 0")
-    return vars(args)
+    cfg = vars(p.parse_args(argv))
+    why = option_conflict(cfg)
+    if why:
+        p.error(why)
+    return cfg
+
+
+def option_conflict(cfg):
+    """What single-option ranges cannot say: limits that involve two options. None if fine."""
+    if cfg["momentum"] >= 1:
+        return "argument --momentum: must be < 1 (1 never forgets a gradient)"
+    if cfg["nesterov"] and (cfg["optimizer"] != "sgd" or cfg["momentum"] == 0):
+        return "argument --nesterov: needs --optimizer sgd with --momentum > 0"
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        return (f"argument --warmup-epochs: {cfg['warmup_epochs']} is more than "
+                f"--epochs {cfg['epochs']}")
+    if cfg["reset"] == "hard" and cfg["v_reset"] >= cfg["threshold"]:
+        return (f"argument --v-reset: {cfg['v_reset']} must lie below --threshold "
+                f"{cfg['threshold']}, or every neuron fires at every step after its first spike")
+    if cfg["cutout"] > 32:
+        return f"argument --cutout: {cfg['cutout']} px is larger than the 32-px image"
+    if not cfg["out"].strip():
+        return "argument --out: must name a folder"
+    return None
 
 
 def weight_sum(params):
@@ -126,10 +168,32 @@ def weight_sum(params):
 
 
 def structural_mismatch(saved, cfg):
-    for k in STRUCTURAL:
+    for k in STRUCTURAL + DATA_ORDER:
         if saved.get(k) != cfg[k]:
-            return (f"checkpoint was trained with --{k.replace('_', '-')} {saved.get(k)}, "
+            what = "was trained with" if k in STRUCTURAL else "saved its position for"
+            return (f"checkpoint {what} --{k.replace('_', '-')} {saved.get(k)}, "
                     f"this run asks for {cfg[k]}")
+    return None
+
+
+def position_problem(pos, steps_per_epoch, epochs):
+    """Why a checkpoint's saved position cannot be where this run stands, or None."""
+    ints = ("epoch", "batch", "step", "correct", "seen")
+    for k in ints:
+        if not isinstance(pos.get(k), int) or isinstance(pos.get(k), bool) or pos[k] < 0:
+            return f"position field {k!r} is {pos.get(k)!r}, expected an integer >= 0"
+    for k in ("best_acc", "loss_sum"):
+        v = pos.get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            return f"position field {k!r} is {v!r}, expected a finite number >= 0"
+    if pos["best_acc"] > 1 or pos["correct"] > pos["seen"]:
+        return "its accuracy figures are impossible"
+    if pos["batch"] > steps_per_epoch or pos["epoch"] > epochs:
+        return (f"it stands at epoch {pos['epoch'] + 1}, batch {pos['batch']}, beyond this run's "
+                f"{epochs} epochs of {steps_per_epoch} steps")
+    if pos["step"] != pos["epoch"] * steps_per_epoch + pos["batch"]:
+        return (f"its step {pos['step']} does not match epoch {pos['epoch'] + 1}, "
+                f"batch {pos['batch']} at {steps_per_epoch} steps per epoch")
     return None
 
 
@@ -140,7 +204,19 @@ def main(argv=None):
     xp = get_xp(cfg["device"])
     dtype = np.dtype(cfg["dtype"])
 
-    # -- output folder: fail before any work if it cannot be written ----------------------
+    # -- model ----------------------------------------------------------------------------------
+    neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
+                  v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
+                  surrogate=cfg["surrogate"], alpha=cfg["alpha"])
+    try:
+        model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron,
+                            cfg["seed"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    model.to(xp, dtype)
+    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
+
+    # -- output folder: one run at a time, never replaced by accident --------------------------
     out = cfg["out"]
     try:
         os.makedirs(out, exist_ok=True)
@@ -152,10 +228,27 @@ def main(argv=None):
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
     last_path, best_path = os.path.join(out, "last.npz"), os.path.join(out, "best.npz")
     metrics_path = os.path.join(out, "metrics.jsonl")
+    lock = RunLock(out)
+    if lock.previous_owner:
+        print(f"took over the stale lock of a run that is no longer running "
+              f"({lock.previous_owner})", flush=True)
+    removed = remove_stale_temporaries(out)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}",
+              flush=True)
+    resume = cfg["resume"]
+    if resume == "auto":
+        resume = last_path if os.path.exists(last_path) else ""
+        if not resume:
+            print(f"resume auto: no checkpoint in {out}, starting fresh", flush=True)
+    if holds_run(out) and not resume and not cfg["overwrite"]:
+        raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
+                         f"or replace it with --overwrite")
 
     # -- data -------------------------------------------------------------------------------
     x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
-                                                     download=cfg["download"])
+                                                     download=cfg["download"],
+                                                     progress=cfg["progress"])
     if cfg["batch_size"] > len(x_train):
         raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
                          f"{len(x_train)} training images")
@@ -165,17 +258,11 @@ def main(argv=None):
     test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False, seed=cfg["seed"],
                          dataset=cfg["dataset"])
     steps_per_epoch = len(train_loader)
-
-    # -- model --------------------------------------------------------------------------------
-    neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
-                  v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
-                  surrogate=cfg["surrogate"], alpha=cfg["alpha"])
-    model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
-    model.to(xp, dtype)
-    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     print(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
-          f"T={cfg['T']}, {steps_per_epoch} steps/epoch, device {cfg['device']}", flush=True)
+          f"T={cfg['T']}, {SPECS[cfg['dataset']]['title']}: {len(x_train)} training and "
+          f"{len(x_test)} test images, {steps_per_epoch} steps/epoch, device {cfg['device']}",
+          flush=True)
 
     # -- optimizer ------------------------------------------------------------------------------
     params = model.parameters()
@@ -192,38 +279,47 @@ def main(argv=None):
         return cosine_lr(cfg["lr"], step, total_steps, warmup_steps)
 
     # -- evaluate ---------------------------------------------------------------------------------
-    def evaluate():
+    def evaluate(epoch, stop):
         model.eval()
         correct = n = 0
-        for xb, yb in test_loader.iter_epoch(0):
+        bar = Progress(len(test_loader), f"eval   {epoch}/{cfg['epochs']}",
+                       enabled=cfg["progress"])
+        for i, (xb, yb) in enumerate(test_loader.iter_epoch(0), start=1):
+            if stop.requested:
+                break
             logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
             correct += int((to_numpy(logits).argmax(1) == yb).sum())
             n += len(yb)
+            bar.update(i, acc=correct / n)
+        bar.close()
         model.train()
         return correct / max(n, 1)
 
-    # -- resume ---------------------------------------------------------------------------------
+    # -- resume: everything is checked before anything on disk changes -------------------------
     pos = dict(epoch=0, batch=0, step=0, best_acc=0.0, loss_sum=0.0, correct=0, seen=0)
-    resume = cfg["resume"]
-    if resume == "auto":
-        resume = last_path if os.path.exists(last_path) else ""
-        if not resume:
-            print(f"resume auto: no checkpoint in {out}, starting fresh", flush=True)
     if resume:
         arrays, meta = load_checkpoint(resume)
-        if "config" not in meta or "position" not in meta:
+        if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("position"), dict):
             raise CheckpointError(f"{resume} is not a training checkpoint of train.py")
         why = structural_mismatch(meta["config"], cfg)
         if why:
             raise UsageError(f"cannot resume from {resume}: {why}")
+        why = position_problem(meta["position"], steps_per_epoch, cfg["epochs"])
+        if why:
+            raise CheckpointError(f"cannot resume from {resume}: its saved position is damaged "
+                                  f"or belongs to another data set ({why})")
         try:
             model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
             opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
         except StateDictError as e:
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
-        pos.update(meta["position"])
-        print(f"resumed from {resume} at epoch {pos['epoch']}, batch {pos['batch']}, "
-              f"step {pos['step']}", flush=True)
+        pos.update({k: meta["position"][k] for k in pos})
+        print(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
+              f"{steps_per_epoch} steps done, step {pos['step']} in all", flush=True)
+    elif cfg["overwrite"]:
+        for f in (metrics_path, best_path):     # the old run's; last.npz is replaced atomically
+            if os.path.exists(f):
+                os.remove(f)
 
     def save(path):
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -237,77 +333,89 @@ def main(argv=None):
     if resume and os.path.exists(metrics_path):
         logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
 
-    # -- loop -------------------------------------------------------------------------------------
-    def stop_on_signal(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop_on_signal)
-
+    # -- loop: Ctrl-C / SIGTERM stop after the current step (minirate/interrupt.py) ---------------
     max_steps = cfg["max_steps"]
     done = max_steps and pos["step"] >= max_steps
-    try:
-        while pos["epoch"] < cfg["epochs"] and not done:
-            epoch = pos["epoch"]
-            bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg['epochs']}",
-                           enabled=cfg["progress"])
-            t0, images = time.perf_counter(), 0
-            for xb, yb in train_loader.iter_epoch(epoch, pos["batch"]):
-                opt.lr = lr_at(pos["step"])
-                model.zero_grad()
-                loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
-                grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
-                opt.step()
-                # spikes can hide a diverged network (NaN >= θ is False): check weights too
-                bad = ("loss" if not math.isfinite(loss) else
-                       "gradient norm" if not math.isfinite(grad_norm) else
-                       "weights" if not math.isfinite(weight_sum(params)) else None)
-                if bad:
-                    raise FloatingPointError(
-                        f"{bad} became non-finite at step {pos['step'] + 1} (epoch {epoch + 1}); "
-                        f"stopped, last good checkpoint kept at {last_path}")
-                pos["step"] += 1
-                pos["batch"] += 1
-                pos["loss_sum"] += loss * len(yb)
-                pos["correct"] += int((to_numpy(logits).argmax(1) == yb).sum())
-                pos["seen"] += len(yb)
-                images += len(yb)
-                synchronize(xp)
-                rate = images / (time.perf_counter() - t0)
-                bar.update(pos["batch"], loss=pos["loss_sum"] / pos["seen"],
-                           acc=pos["correct"] / pos["seen"], img_s=round(rate, 1),
-                           lr=opt.lr)
-                if cfg["save_every"] and pos["step"] % cfg["save_every"] == 0:
-                    save(last_path)
-                if max_steps and pos["step"] >= max_steps:
-                    done = True
+    with GracefulStop() as stop:
+        try:
+            while pos["epoch"] < cfg["epochs"] and not done and not stop.requested:
+                epoch = pos["epoch"] + 1                 # 1-based in every message and record
+                bar = Progress(steps_per_epoch, f"epoch  {epoch}/{cfg['epochs']}",
+                               enabled=cfg["progress"])
+                t_train, images = 0.0, 0
+                for xb, yb in train_loader.iter_epoch(epoch - 1, pos["batch"]):
+                    t0 = time.perf_counter()
+                    opt.lr = lr_at(pos["step"])
+                    model.zero_grad()
+                    loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
+                    grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
+                    opt.step()
+                    # spikes can hide a diverged network (NaN >= θ is False): check weights too
+                    bad = ("loss" if not math.isfinite(loss) else
+                           "gradient norm" if not math.isfinite(grad_norm) else
+                           "weights" if not math.isfinite(weight_sum(params)) else None)
+                    if bad:
+                        kept = (f"last good checkpoint kept at {last_path}"
+                                if os.path.exists(last_path) else "no checkpoint was saved yet")
+                        raise FloatingPointError(
+                            f"{bad} became non-finite at step {pos['step'] + 1} (epoch {epoch}); "
+                            f"stopped, {kept}")
+                    pos["step"] += 1
+                    pos["batch"] += 1
+                    pos["loss_sum"] += loss * len(yb)
+                    pos["correct"] += int((to_numpy(logits).argmax(1) == yb).sum())
+                    pos["seen"] += len(yb)
+                    images += len(yb)
+                    synchronize(xp)
+                    t_train += time.perf_counter() - t0
+                    bar.update(pos["batch"], loss=pos["loss_sum"] / pos["seen"],
+                               acc=pos["correct"] / pos["seen"], img_s=round(images / t_train, 1),
+                               lr=opt.lr)
+                    if cfg["save_every"] and pos["step"] % cfg["save_every"] == 0:
+                        save(last_path)
+                    if max_steps and pos["step"] >= max_steps:
+                        done = True
+                    if done or stop.requested:
+                        break
+                bar.close()
+                if stop.requested:
                     break
-            bar.close()
-            epoch_done = pos["batch"] >= steps_per_epoch
-            test_acc = evaluate()
-            record = dict(epoch=epoch + 1, step=pos["step"], partial=not epoch_done,
-                          train_loss=pos["loss_sum"] / max(pos["seen"], 1),
-                          train_acc=pos["correct"] / max(pos["seen"], 1), test_acc=test_acc,
-                          lr=opt.lr, img_per_s=round(images / (time.perf_counter() - t0), 2),
-                          kept_bytes=int(method.kept_bytes))
-            improved = test_acc > pos["best_acc"]
-            if epoch_done:
-                pos.update(epoch=epoch + 1, batch=0, loss_sum=0.0, correct=0, seen=0)
-            if improved:
-                pos["best_acc"] = test_acc
-            # log first, then save: a kill in between repeats this epoch's end on resume, and
-            # the repeated record (identical) is not written twice
-            if (epoch + 1) not in logged_epochs or not epoch_done:
-                append_jsonl(metrics_path, record)
-            if improved:
-                save(best_path)
-            save(last_path)
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
-                  f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s", flush=True)
-    except KeyboardInterrupt:
-        save(last_path)
-        print(f"\ninterrupted: saved {last_path} at step {pos['step']}; "
-              f"continue with --resume {last_path}", file=sys.stderr, flush=True)
-        return 130
+                epoch_done = pos["batch"] >= steps_per_epoch
+                test_acc = evaluate(epoch, stop)
+                if stop.requested:      # an evaluation cut short is redone on resume
+                    break
+                record = dict(epoch=epoch, step=pos["step"], partial=not epoch_done,
+                              train_loss=pos["loss_sum"] / max(pos["seen"], 1),
+                              train_acc=pos["correct"] / max(pos["seen"], 1), test_acc=test_acc,
+                              lr=opt.lr, img_per_s=round(images / max(t_train, 1e-9), 2),
+                              kept_bytes=int(method.kept_bytes))
+                improved = test_acc > pos["best_acc"]
+                if epoch_done:
+                    pos.update(epoch=epoch, batch=0, loss_sum=0.0, correct=0, seen=0)
+                if improved:
+                    pos["best_acc"] = test_acc
+                # log first, then save: a kill in between repeats this epoch's end on resume, and
+                # the repeated record (identical) is not written twice
+                if epoch not in logged_epochs or not epoch_done:
+                    append_jsonl(metrics_path, record)
+                if improved:
+                    save(best_path)
+                save(last_path)
+                part = "" if epoch_done else f" (partial: {pos['batch']}/{steps_per_epoch} steps)"
+                print(f"epoch {epoch}/{cfg['epochs']}{part}: train loss {record['train_loss']:.4f} "
+                      f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
+                      f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s training",
+                      flush=True)
+            if stop.requested:
+                save(last_path)
+                print(f"interrupted: saved {last_path} at step {pos['step']} (epoch "
+                      f"{pos['epoch'] + 1}, {pos['batch']}/{steps_per_epoch} steps); continue "
+                      f"with --resume auto", file=sys.stderr, flush=True)
+                return 130
+        except KeyboardInterrupt:
+            print("\ninterrupted again: quit without saving the current step; the checkpoint "
+                  "on disk is unchanged", file=sys.stderr, flush=True)
+            return 130
     print(f"done: best test accuracy {pos['best_acc']:.4f}; checkpoints in {out}", flush=True)
     return 0
 
@@ -316,6 +424,9 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
-            FloatingPointError) as e:
+            RunDirError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:      # before the training loop: nothing was written yet
+        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
+        sys.exit(130)

@@ -33,12 +33,16 @@ class Net(Sequential):
 
 
 def _ch(c, width):
-    return max(1, int(round(c * width)))
+    n = int(round(c * width))
+    if n < 1:
+        raise ValueError(f"--width {width:g} leaves the {c}-channel layers of this network with "
+                         f"no channel; it needs --width above {0.5 / c:g}")
+    return n
 
 
 def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng, in_channels):
-    ch = [_ch(c, width) for c in channels]
     c_in = _ch(stem, width)
+    ch = [_ch(c, width) for c in channels]
     parts = [("conv0", Sequential(Conv2d(in_channels, c_in, 3, 1, 1, bias=False, rng=rng),
                                   BatchNorm2d(c_in), make_neuron()))]
     for i, (n, c) in enumerate(zip(blocks, ch)):

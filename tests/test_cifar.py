@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from minirate.data.cifar import DatasetError, load_cifar, make_synthetic_cifar
-from tests.conftest import SUBSET_DIR
 
 FOLDER = "cifar-10-batches-py"
 
@@ -46,17 +45,27 @@ def synth(tmp_path):
 # Real data
 
 
-def test_real_subset_loads():
-    x_train, y_train, x_test, y_test, classes = load_cifar("cifar10", SUBSET_DIR, download=False)
-    assert x_train.shape == (5085, 32, 32, 3) and x_train.dtype == np.uint8
-    assert x_test.shape == (1017, 32, 32, 3) and x_test.dtype == np.uint8
-    assert y_train.shape == (5085,) and y_train.dtype == np.int64
-    assert y_test.shape == (1017,) and y_test.dtype == np.int64
+def test_bundled_sample_is_real_balanced_cifar10():
+    x_train, y_train, x_test, y_test, classes = load_cifar("cifar10-sample", None)
+    assert x_train.shape == (1000, 32, 32, 3) and x_train.dtype == np.uint8
+    assert x_test.shape == (200, 32, 32, 3) and x_test.dtype == np.uint8
+    assert y_train.dtype == np.int64 and y_test.dtype == np.int64
+    assert np.bincount(y_train).tolist() == [100] * 10
+    assert np.bincount(y_test).tolist() == [20] * 10
     assert classes[0] == "airplane" and classes[-1] == "truck" and len(classes) == 10
-    assert set(np.unique(y_train)) == set(range(10))
+    # natural images: every class has its own colour statistics, nothing is constant
+    means = np.array([x_train[y_train == k].mean() for k in range(10)])
+    assert means.std() > 2 and x_train.std() > 40
 
-    # First image: the raw CHW row, reshaped by hand, pixel for pixel.
-    folder = os.path.join(SUBSET_DIR, FOLDER)
+
+def test_pickle_layout_reads_back_pixel_for_pixel(sample_dir):
+    """The real sample written in the published layout: the reader's HWC image equals the raw
+    CHW row reshaped by hand, and the five training batches are concatenated in order."""
+    x_train, y_train, x_test, y_test, classes = load_cifar("cifar10", sample_dir, download=False)
+    xs, ys, xt, yt, cs = load_cifar("cifar10-sample", None)
+    assert np.array_equal(x_train, xs) and np.array_equal(y_train, ys) and cs == classes
+    assert np.array_equal(x_test, xt) and np.array_equal(y_test, yt)
+    folder = os.path.join(sample_dir, FOLDER)
     d = raw(os.path.join(folder, "data_batch_1"))
     row = d[b"data"][0]
     for c in range(3):
@@ -64,9 +73,8 @@ def test_real_subset_loads():
             for j in range(32):
                 assert x_train[0, i, j, c] == row[c * 1024 + i * 32 + j]
     assert y_train[0] == d[b"labels"][0]
-    # Batches are concatenated in order: image 1017 is the first of data_batch_2.
     d2 = raw(os.path.join(folder, "data_batch_2"))
-    np.testing.assert_array_equal(x_train[1017].transpose(2, 0, 1).ravel(), d2[b"data"][0])
+    np.testing.assert_array_equal(x_train[200].transpose(2, 0, 1).ravel(), d2[b"data"][0])
     t = raw(os.path.join(folder, "test_batch"))
     np.testing.assert_array_equal(x_test[-1].transpose(2, 0, 1).ravel(), t[b"data"][-1])
     np.testing.assert_array_equal(y_test, t[b"labels"])
@@ -135,7 +143,7 @@ def test_download_bad_md5_leaves_nothing(tmp_path, synth):
         load_cifar("cifar10", str(data_dir), url=url, md5="0" * 32)
     msg = one_line(e)
     assert "MD5" in msg and md5 in msg and os.path.join(str(data_dir), FOLDER) in msg
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()     # the folder this call created is gone again
 
 
 def test_download_unreachable(tmp_path):
@@ -146,7 +154,7 @@ def test_download_unreachable(tmp_path):
     expected = os.path.join(str(data_dir), FOLDER)
     assert f"CIFAR-10 not found at {expected} and could not be downloaded" in msg
     assert "place the extracted 'cifar-10-batches-py' folder there" in msg
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()     # the folder this call created is gone again
 
 
 def test_download_disabled(tmp_path):
@@ -164,7 +172,7 @@ def test_download_rejects_unsafe_members(tmp_path, synth, bad_name):
     with pytest.raises(DatasetError) as e:
         load_cifar("cifar10", str(data_dir), url=url, md5=md5)
     assert "unsafe path" in one_line(e)
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()     # the folder this call created is gone again
     assert not (tmp_path / "deep" / "escaped.txt").exists()
 
 
@@ -185,9 +193,9 @@ def test_missing_file(synth):
     assert one_line(e) == f"missing file {os.path.join(folder, 'data_batch_3')}"
 
 
-def test_truncated_pickle(synth):
+def test_truncated_pickle(synth, sample_dir):
     root, folder = synth
-    real = read_bytes(os.path.join(SUBSET_DIR, FOLDER, "data_batch_1"))
+    real = read_bytes(os.path.join(sample_dir, FOLDER, "data_batch_1"))
     bad = os.path.join(folder, "data_batch_2")
     with open(bad, "wb") as f:
         f.write(real[:len(real) // 2])
@@ -197,9 +205,9 @@ def test_truncated_pickle(synth):
     assert bad in msg and "truncated or corrupted" in msg
 
 
-def test_corrupted_bytes(synth):
+def test_corrupted_bytes(synth, sample_dir):
     root, folder = synth
-    real = read_bytes(os.path.join(SUBSET_DIR, FOLDER, "test_batch"))
+    real = read_bytes(os.path.join(sample_dir, FOLDER, "test_batch"))
     bad = os.path.join(folder, "test_batch")
     with open(bad, "wb") as f:
         f.write(real[:2] + b"\xff" * 64 + real[66:])  # 0xff is no pickle opcode

@@ -143,12 +143,11 @@ def test_bad_arguments(data):
         Loader(x, y, 8, train=True, dataset="mnist")
 
 
-def test_real_subset_eval_batches():
+def test_real_sample_eval_batches():
     from minirate.data.cifar import load_cifar
-    from tests.conftest import SUBSET_DIR
-    _, _, x_test, y_test, _ = load_cifar("cifar10", SUBSET_DIR, download=False)
+    _, _, x_test, y_test, _ = load_cifar("cifar10-sample", None)
     loader = Loader(x_test, y_test, batch_size=128, train=False)
-    assert len(loader) == 8
+    assert len(loader) == 2
     xb, yb = next(iter(loader))
     assert xb.shape == (128, 3, 32, 32) and np.array_equal(yb, y_test[:128])
     assert np.allclose(xb, normalize(x_test[:128]))

@@ -8,7 +8,6 @@ from minirate.models import build_model
 from minirate.study import LIMIT, gradient_alignment, weight_depths
 from minirate.data.augment import normalize
 from minirate.data.cifar import load_cifar
-from tests.conftest import SUBSET_DIR
 from tests.nets import random_upstream_loss, tiny_resnet
 
 
@@ -69,7 +68,7 @@ def test_T4_gradients_align_with_bptt():
     gives 0.93-0.96 for some batchnorm scales of this net. Measured (seeds
     0, 1): overall > 0.99; conv/linear weights 0.97-1.0; every tensor within 0.05 of its limit.
     """
-    x_all, y_all, *_ = load_cifar("cifar10", SUBSET_DIR, download=False)
+    x_all, y_all, *_ = load_cifar("cifar10-sample", None)
     x = normalize(x_all[:16]).astype(np.float64)
     y = y_all[:16]
     for seed in (0, 1):

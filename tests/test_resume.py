@@ -143,7 +143,7 @@ def test_damaged_dataset(tmp_path, synth, damage, words):
     out = tmp_path / "o"
     os.makedirs(out)
     (out / "last.npz").write_bytes(b"previous run")
-    r = run_train(*quick(out, root, "--no-download"))
+    r = run_train(*quick(out, root, "--no-download", "--overwrite"))
     _one_line_error(r, 1, *words)
     assert (out / "last.npz").read_bytes() == b"previous run"
 

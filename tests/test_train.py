@@ -12,7 +12,7 @@ from minirate.data.loader import Loader
 from minirate.methods import make_method
 from minirate.models import build_model
 from minirate.optim import SGD
-from tests.conftest import ROOT, SUBSET_DIR
+from tests.conftest import ROOT
 
 
 def run_train(*args, cwd=None):
@@ -32,8 +32,8 @@ def quick(out, data, *extra):
 
 
 @pytest.mark.parametrize("method", ["bptt", "rate"])
-def test_loss_goes_down_on_real_cifar_subset(method):
-    x, y, *_ = load_cifar("cifar10", SUBSET_DIR, download=False)
+def test_loss_goes_down_on_real_cifar_sample(method):
+    x, y, *_ = load_cifar("cifar10-sample", None)
     loader = Loader(x[:384], y[:384], 32, train=True, seed=0)
     model = build_model("small", 10, 0.5, seed=0)
     m = make_method(method, model, 2)

@@ -74,7 +74,7 @@ ROW_LENGTH = 3 * IMAGE_SIZE * IMAGE_SIZE  # 3072 bytes per image
 # Loading
 
 
-def load_cifar(name, data_dir, download=True, url=None, md5=None, timeout=60.0):
+def load_cifar(name, data_dir, download=True, url=None, md5=None, timeout=60.0, progress=False):
     """Load CIFAR-10 or CIFAR-100, downloading the official archive if it is missing.
 
     Args:
@@ -83,6 +83,7 @@ def load_cifar(name, data_dir, download=True, url=None, md5=None, timeout=60.0):
         download: fetch the archive when the folder is missing; otherwise raise.
         url, md5: override the archive address and its expected MD5 (defaults: the official ones).
         timeout: seconds for the network connection and each read.
+        progress: show the download's progress (stderr).
 
     Returns:
         x_train: uint8 (N_train, 32, 32, 3), y_train: int64 (N_train,),
@@ -96,17 +97,22 @@ def load_cifar(name, data_dir, download=True, url=None, md5=None, timeout=60.0):
     spec = SPECS[name]
     if "bundled" in spec:
         return load_bundled_sample(spec["bundled"])
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DatasetError(f"--data-dir {data_dir} is a file, not a folder")
     root = os.path.join(data_dir, spec["folder"])
     if not os.path.isdir(root):
-        hint = f"place the extracted '{spec['folder']}' folder there"
+        hint = (f"place the extracted '{spec['folder']}' folder there, or train offline on the "
+                f"bundled sample with --dataset {SAMPLE}")
         if not download:
             raise DatasetError(f"{spec['title']} not found at {root} (download disabled); {hint}")
         try:
             download_and_extract(url or spec["url"], md5 or spec["md5"], data_dir, spec["folder"],
-                                 timeout=timeout)
+                                 timeout=timeout, progress=progress)
         except DatasetError as e:
             raise DatasetError(f"{spec['title']} not found at {root} and could not be downloaded "
                                f"({e}); {hint}") from None
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DatasetError(f"{root} is not readable (permission denied)")
 
     meta_path = os.path.join(root, spec["meta_file"])
     meta = _read_pickle(meta_path)
@@ -234,34 +240,80 @@ def _read_pickle(path):
 # Download
 
 
-def download_and_extract(url, md5, data_dir, folder, timeout=60.0):
+def download_and_extract(url, md5, data_dir, folder, timeout=60.0, progress=False):
     """Fetch a .tar.gz archive, check its MD5 and move `folder` from it into `data_dir`.
 
     The archive goes to a temporary file inside data_dir and is extracted into a temporary
     folder there; only when everything has succeeded is `folder` renamed into place, so a failed
-    download or a wrong checksum leaves no half-written data set behind. Archive members with an
+    download or a wrong checksum leaves no half-written data set behind, and no folder that this
+    call created (data_dir and its missing parents are removed again). Archive members with an
     absolute path, a '..' component, or that are links or devices are refused.
     """
-    os.makedirs(data_dir, exist_ok=True)
-    fd, archive = tempfile.mkstemp(prefix=".download-", suffix=".tar.gz", dir=data_dir)
-    extract_dir = None
+    created = _missing_parents(data_dir)
     try:
-        digest = hashlib.md5(usedforsecurity=False)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while True:
-                    chunk = resp.read(1 << 20)
-                    if not chunk:
-                        break
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DatasetError(f"{url}: {reason}") from None
-        if digest.hexdigest() != md5.lower():
-            raise DatasetError(f"MD5 of {url} is {digest.hexdigest()}, expected {md5}")
+            os.makedirs(data_dir, exist_ok=True)
+            fd, archive = tempfile.mkstemp(prefix=".download-", suffix=".tar.gz", dir=data_dir)
+        except OSError as e:
+            raise DatasetError(f"cannot write into {data_dir}: {e.strerror or e}") from None
+        try:
+            _fetch(url, md5, fd, timeout, progress)
+            _extract(url, archive, data_dir, folder)
+        finally:
+            if os.path.exists(archive):
+                os.remove(archive)
+    except BaseException:
+        for d in reversed(created):           # deepest first; only folders left empty
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
 
-        extract_dir = tempfile.mkdtemp(prefix=".extract-", dir=data_dir)
+
+def _missing_parents(path):
+    """The folders that os.makedirs(path) would create, outermost first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing[::-1]
+
+
+def _fetch(url, md5, fd, timeout, progress):
+    """Stream `url` into the open file `fd`, checking its MD5 on the way."""
+    from ..progress import Progress
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            size = int(resp.headers.get("Content-Length") or 0)
+            bar = Progress(size or 1, f"download {os.path.basename(url)}", enabled=progress,
+                           unit=" bytes")
+            done = 0
+            while True:
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                out.write(chunk)
+                done += len(chunk)
+                bar.update(min(done, size) if size else 0, MiB=round(done / 2 ** 20, 1))
+            bar.close()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DatasetError(f"{url}: {reason}") from None
+    if digest.hexdigest() != md5.lower():
+        raise DatasetError(f"MD5 of {url} is {digest.hexdigest()}, expected {md5}")
+
+
+def _extract(url, archive, data_dir, folder):
+    """Move `folder` out of the checked archive into data_dir, through a temporary folder."""
+    extract_dir = tempfile.mkdtemp(prefix=".extract-", dir=data_dir)
+    try:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 members = tar.getmembers()
@@ -278,10 +330,7 @@ def download_and_extract(url, md5, data_dir, folder, timeout=60.0):
             raise DatasetError(f"archive {url} has no '{folder}' folder")
         os.replace(src, os.path.join(data_dir, folder))
     finally:
-        if os.path.exists(archive):
-            os.remove(archive)
-        if extract_dir is not None:
-            shutil.rmtree(extract_dir, ignore_errors=True)
+        shutil.rmtree(extract_dir, ignore_errors=True)
 
 
 def _check_member(m):
@@ -307,9 +356,6 @@ def make_synthetic_cifar(root, n_train=64, n_test=32, num_classes=10, seed=0):
     Returns `root`, to be passed as `data_dir` to `load_cifar('cifar10', root)`.
     """
     rng = np.random.default_rng(seed)
-    folder = os.path.join(root, SPECS["cifar10"]["folder"])
-    os.makedirs(folder, exist_ok=True)
-
     colours = rng.uniform(40, 215, size=(num_classes, 3))            # (K, 3)
     angles = rng.uniform(0, np.pi, size=num_classes)
     freqs = rng.uniform(0.2, 0.8, size=num_classes)
@@ -322,24 +368,39 @@ def make_synthetic_cifar(root, n_train=64, n_test=32, num_classes=10, seed=0):
         y = rng.permutation(np.arange(n) % num_classes)
         gain = rng.uniform(0.8, 1.2, size=(n, 1, 1, 1))
         x = templates[y] * gain + rng.normal(0, 12, size=(n, IMAGE_SIZE, IMAGE_SIZE, 3))
-        x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-        # (n, 32, 32, 3) -> (n, 3, 32, 32) -> (n, 3072): CHW rows as in the real files
-        return x.transpose(0, 3, 1, 2).reshape(n, ROW_LENGTH), y
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+
+    x_train, y_train = images(n_train)
+    x_test, y_test = images(n_test)
+    return write_cifar10_folder(root, x_train, y_train, x_test, y_test,
+                                [f"class_{k}" for k in range(num_classes)], "synthetic")
+
+
+def write_cifar10_folder(root, x_train, y_train, x_test, y_test, classes, what="minirate"):
+    """Write images in the published 'cifar-10-batches-py' layout: `load_cifar('cifar10', root)`
+    reads them back exactly.
+
+    x_*: uint8 (N, 32, 32, 3) HWC; y_*: integer labels (N,); classes: class names. The training
+    images are split over data_batch_1..5 in order (some may be empty when N < 5). Returns `root`.
+    """
+    folder = os.path.join(root, SPECS["cifar10"]["folder"])
+    os.makedirs(folder, exist_ok=True)
 
     def write(name, label, x, y):
-        d = {b"batch_label": label.encode(), b"labels": [int(v) for v in y], b"data": x,
-             b"filenames": [f"synthetic_{i}.png".encode() for i in range(len(y))]}
+        # (n, 32, 32, 3) -> (n, 3, 32, 32) -> (n, 3072): CHW rows as in the real files
+        rows = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(len(x), ROW_LENGTH)
+        d = {b"batch_label": label.encode(), b"labels": [int(v) for v in y], b"data": rows,
+             b"filenames": [f"{what}_{i}.png".encode() for i in range(len(y))]}
         with open(os.path.join(folder, name), "wb") as f:
             pickle.dump(d, f, protocol=4)
 
-    x, y = images(n_train)
+    n_train = len(x_train)
     for i, idx in enumerate(np.array_split(np.arange(n_train), 5), start=1):
-        write(f"data_batch_{i}", f"synthetic training batch {i} of 5", x[idx], y[idx])
-    x, y = images(n_test)
-    write("test_batch", "synthetic testing batch 1 of 1", x, y)
+        write(f"data_batch_{i}", f"{what} training batch {i} of 5", x_train[idx], y_train[idx])
+    write("test_batch", f"{what} testing batch 1 of 1", x_test, y_test)
 
     meta = {b"num_cases_per_batch": -(-n_train // 5), b"num_vis": ROW_LENGTH,
-            b"label_names": [f"class_{k}".encode() for k in range(num_classes)]}
+            b"label_names": [str(c).encode() for c in classes]}
     with open(os.path.join(folder, "batches.meta"), "wb") as f:
         pickle.dump(meta, f, protocol=4)
     return root

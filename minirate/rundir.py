@@ -1,0 +1,100 @@
+"""The --out folder of a training run: one writer at a time, and no run replaced by accident.
+
+    lock = RunLock(out)          # OUT/.lock, held until lock.release() or the process exits
+    holds_run(out)               # True when OUT already has a run's checkpoints or log
+    remove_stale_temporaries(out)
+
+The lock is a file holding the owner's pid and host name, locked with flock(2). The kernel drops
+an flock when its process ends, however it ends (even SIGKILL), so a lock file left behind by a
+dead run is stale by construction: the next run locks it, says whose it was, and takes it over.
+A live owner keeps it locked, and a second run into the same folder is refused with one line.
+
+A save killed midway leaves its temporary file (".NAME.PID.HEX.tmp", see checkpoint.py, or
+"config.json.tmp") beside the checkpoint; the owner of the lock removes such files on start.
+"""
+import atexit
+import fcntl
+import os
+import re
+import socket
+
+LOCK_NAME = ".lock"
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
+_TEMPORARY = re.compile(r"^(\..+\.\d+\.[0-9a-f]+\.tmp|config\.json\.tmp)$")
+
+
+class RunDirError(Exception):
+    """The folder is in use by another live run, or cannot be locked. One-line message."""
+
+
+class RunLock:
+    def __init__(self, out):
+        self.path = os.path.join(out, LOCK_NAME)
+        self.previous_owner = None        # "pid N on HOST" of a stale lock that was taken over
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise RunDirError(f"cannot create lock file {self.path}: "
+                                  f"{e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RunDirError(f"{out} is in use by another run ({owner or 'unknown owner'}, "
+                                  f"lock file {self.path}); wait for it to end or choose "
+                                  f"another --out") from None
+            # The previous owner may have removed the file between our open and our flock:
+            # then we hold a lock on a deleted file, and start again on the new one.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        self.previous_owner = _read_owner(fd) or None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        atexit.register(self.release)     # however the run ends, short of being killed
+
+    def release(self):
+        """Remove the lock file and drop the lock (in that order: see the inode check above)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_owner(fd):
+    try:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def holds_run(out):
+    """True when `out` already holds a run: a checkpoint or a metrics log."""
+    return any(os.path.exists(os.path.join(out, f)) for f in RUN_FILES)
+
+
+def remove_stale_temporaries(out):
+    """Delete the temporary files of saves that were killed midway. Returns their names.
+
+    Only call this while holding the folder's lock: a live run's temporary file is not stale.
+    """
+    removed = []
+    for name in sorted(os.listdir(out)):
+        if _TEMPORARY.match(name):
+            try:
+                os.remove(os.path.join(out, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
