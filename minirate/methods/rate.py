@@ -26,7 +26,8 @@ rate_M ('m'): the spike pass runs each layer over all T*B samples at once; batch
 rate_S ('s'): the spike pass steps the network T times, batchnorm normalising each step with its
     own batch statistics (μ_t, σ²_t); the rate pass uses μ_s = mean_t μ_t and the variance implied
     by the mean inverse variance, σ²_s + eps = 1 / mean_t(1/(σ²_t + eps)). (The authors' public
-    code aims at this but keeps only the last step's variance; here every step counts.)
+    code keeps only the last step's statistics, both its mean μ_T and its variance σ²_T, and adds
+    eps twice, normalising by sqrt(σ²_T + 2·eps); here every step counts, and eps once.)
 
 What is kept for backward (`kept_bytes`) is r, e per neuron, μ_s, σ²_s per channel and one
 single-step set of caches: nothing depends on T.

@@ -1,0 +1,326 @@
+"""No input or interruption loses or falsifies a run: one writer per --out, a refused replace,
+Ctrl-C that saves a state an uninterrupted run really had, checked options and positions."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from minirate.checkpoint import load_checkpoint, save_checkpoint
+from minirate.data.cifar import DatasetError, load_cifar, make_synthetic_cifar
+from minirate.progress import Progress
+from minirate.rundir import RunLock, RunDirError, remove_stale_temporaries
+from tests.conftest import ROOT
+from tests.test_train import _one_line_error, quick, run_train
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_cifar(str(tmp_path_factory.mktemp("synth")), n_train=96, n_test=24)
+
+
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files if k != "__meta__"}
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _wait_for(predicate, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def _step_of(path):
+    try:
+        return load_checkpoint(path)[1]["position"]["step"]
+    except Exception:
+        return -1
+
+
+# -- one run per folder -------------------------------------------------------------------
+def test_new_run_into_a_used_folder_is_refused_and_overwrite_replaces(tmp_path, synth):
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    before = (out / "last.npz").read_bytes()
+    r = run_train(*quick(out, synth, "--epochs", "1", "--seed", "3"))
+    _one_line_error(r, 1, "already holds a run", "--resume", "--overwrite")
+    assert (out / "last.npz").read_bytes() == before
+    r = run_train(*quick(out, synth, "--epochs", "1", "--seed", "3", "--overwrite"))
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [rec["epoch"] for rec in records] == [1]          # the old run's log is gone
+    assert load_checkpoint(out / "last.npz")[1]["config"]["seed"] == 3
+
+
+def test_two_runs_never_share_a_folder(tmp_path, synth):
+    out = tmp_path / "o"
+    first = _start(quick(out, synth, "--epochs", "50"))
+    try:
+        _wait_for(lambda: (out / ".lock").exists() and (out / "config.json").exists(), first)
+        r = run_train(*quick(out, synth, "--resume", "auto"))
+        _one_line_error(r, 1, "in use by another run", f"pid {first.pid}")
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, synth):
+    out = tmp_path / "o"
+    proc = _start(quick(out, synth, "--epochs", "50", "--save-every", "1"))
+    _wait_for(lambda: _step_of(out / "last.npz") >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert f"pid {proc.pid}" in (out / ".lock").read_text()       # left behind by the kill
+    r = run_train(*quick(out, synth, "--epochs", "1", "--resume", "auto"))
+    assert r.returncode == 0, r.stderr
+    assert f"took over the stale lock" in r.stdout and f"pid {proc.pid}" in r.stdout
+    assert not (out / ".lock").exists()                           # released at the end
+
+
+def test_lock_is_exclusive_within_a_process_too(tmp_path):
+    lock = RunLock(str(tmp_path))
+    with pytest.raises(RunDirError, match="in use by another run"):
+        RunLock(str(tmp_path))
+    lock.release()
+    RunLock(str(tmp_path)).release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_temporaries_of_a_killed_save_are_removed_on_start(tmp_path, synth):
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    leftovers = [".last.npz.4242.0a1b2c3d.tmp", ".best.npz.17.ffffffff.tmp", "config.json.tmp"]
+    for name in leftovers:
+        (out / name).write_bytes(b"half a checkpoint")
+    (out / "notes.tmp").write_text("mine")                        # not ours: kept
+    r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto"))
+    assert r.returncode == 0, r.stderr
+    assert "removed 3 temporary file(s)" in r.stdout
+    assert not any((out / n).exists() for n in leftovers) and (out / "notes.tmp").exists()
+    assert remove_stale_temporaries(str(out)) == []
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------
+def test_ctrl_c_saves_exactly_the_state_of_an_uninterrupted_run(tmp_path, synth):
+    """The save after Ctrl-C holds the weights, batchnorm buffers and optimizer state of an
+    uninterrupted run after the same number of steps, and resuming ends bitwise where an
+    uninterrupted run ends."""
+    args = ["--epochs", "3", "--save-every", "1"]
+    out = tmp_path / "stopped"
+    proc = _start(quick(out, synth, *args))
+    _wait_for(lambda: _step_of(out / "last.npz") >= 4, proc)
+    proc.send_signal(signal.SIGINT)                # lands in a step (steps are most of the time)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: saved" in err
+    stopped_at = _step_of(out / "last.npz")
+    assert 4 <= stopped_at < 18
+
+    ref = tmp_path / "ref"
+    r = run_train(*quick(ref, synth, *args, "--max-steps", stopped_at))
+    assert r.returncode == 0, r.stderr
+    a, b = _arrays(ref / "last.npz"), _arrays(out / "last.npz")
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    assert any("num_batches_tracked" in k for k in a) and any(k.startswith("optim/") for k in a)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+    full = tmp_path / "full"
+    assert run_train(*quick(full, synth, *args)).returncode == 0
+    r = run_train(*quick(out, synth, *args, "--resume", "auto"))
+    assert r.returncode == 0, r.stderr
+    a, b = _arrays(full / "last.npz"), _arrays(out / "last.npz")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_second_ctrl_c_quits_with_one_line_and_keeps_the_checkpoint(tmp_path, synth):
+    out = tmp_path / "o"
+    proc = _start(quick(out, synth, "--epochs", "50", "--save-every", "1"))
+    _wait_for(lambda: _step_of(out / "last.npz") >= 2, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    assert last.startswith(("interrupted again", "interrupted: saved")), err
+    load_checkpoint(out / "last.npz")                  # readable: old or new, never torn
+
+
+# -- options --------------------------------------------------------------------------------
+@pytest.mark.parametrize("args,words", [
+    (["--grad-clip", "-1"], ["--grad-clip", ">= 0"]),
+    (["--momentum", "-0.1"], ["--momentum"]),
+    (["--momentum", "1"], ["--momentum", "< 1"]),
+    (["--wd", "-5e-4"], ["--wd"]),
+    (["--warmup-epochs", "-1"], ["--warmup-epochs"]),
+    (["--warmup-epochs", "5", "--epochs", "2"], ["--warmup-epochs", "--epochs"]),
+    (["--lr", "0"], ["--lr"]),
+    (["--width", "0"], ["--width"]),
+    (["--width", "-1"], ["--width"]),
+    (["--decay", "1.5"], ["--decay", "[0, 1]"]),
+    (["--decay", "-0.1"], ["--decay"]),
+    (["--threshold", "0"], ["--threshold"]),
+    (["--alpha", "0"], ["--alpha"]),
+    (["--reset", "hard", "--v-reset", "1.5"], ["--v-reset", "--threshold"]),
+    (["--cutout", "-3"], ["--cutout"]),
+    (["--cutout", "40"], ["--cutout", "32"]),
+    (["--seed", "-1"], ["--seed"]),
+    (["--max-steps", "-1"], ["--max-steps"]),
+    (["--save-every", "-2"], ["--save-every"]),
+    (["--eval-batch-size", "0"], ["--eval-batch-size"]),
+    (["--nesterov", "--momentum", "0"], ["--nesterov"]),
+    (["--nesterov", "--optimizer", "adam"], ["--nesterov"]),
+    (["--out", " "], ["--out"]),
+])
+def test_out_of_range_options(tmp_path, args, words):
+    _one_line_error(run_train(*args, "--out", tmp_path / "o") if "--out" not in args
+                    else run_train(*args), 2, *words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_width_that_rounds_to_no_channel(tmp_path, synth):
+    r = run_train(*quick(tmp_path / "o", synth, "--width", "0.02"))
+    _one_line_error(r, 1, "--width 0.02", "16-channel", "0.03125")
+    assert not (tmp_path / "o").exists()                   # refused before anything was written
+
+
+def test_help_shows_every_default():
+    r = run_train("--help")
+    assert r.returncode == 0
+    body = r.stdout[r.stdout.index("\noptions:"):]               # after the usage lines
+    entries, current = {}, None
+    for line in body.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current:
+            entries[current] += line
+    entries.pop("-h")
+    assert len(entries) >= 35 and "--grad-clip" in entries and "--overwrite" in entries
+    for opt, text in entries.items():
+        assert "(default:" in text, opt
+
+
+# -- resume ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("change,word", [(["--batch-size", "8"], "--batch-size"),
+                                         (["--seed", "5"], "--seed")])
+def test_resume_refuses_a_different_data_order(tmp_path, synth, change, word):
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto", *change))
+    _one_line_error(r, 1, word, "position")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+@pytest.mark.parametrize("edit", [
+    {"step": 5},                 # does not match epoch and batch
+    {"batch": -1},
+    {"epoch": "one"},
+    {"batch": 99},               # beyond the epoch
+    {"best_acc": 7.0},
+    {"correct": 50, "seen": 10},
+    {"loss_sum": float("nan")},
+])
+def test_damaged_position_is_one_line_and_nothing_is_rewritten(tmp_path, synth, edit):
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    arrays, meta = load_checkpoint(out / "last.npz")
+    meta["position"].update(edit)
+    save_checkpoint(out / "last.npz", arrays, meta)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto"))
+    _one_line_error(r, 1, "saved position")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+def test_divergence_without_a_checkpoint_says_so(tmp_path, synth):
+    r = run_train(*quick(tmp_path / "o", synth, "--lr", "1e38", "--wd", "0"))
+    _one_line_error(r, 1, "non-finite", "no checkpoint was saved yet")
+
+
+def test_partial_epoch_is_marked(tmp_path, synth):
+    r = run_train(*quick(tmp_path / "o", synth, "--max-steps", "2"))
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/2 (partial: 2/6 steps)" in r.stdout and "img/s training" in r.stdout
+    rec = json.loads(open(tmp_path / "o" / "metrics.jsonl").readline())
+    assert rec["partial"] is True and rec["epoch"] == 1
+
+
+# -- data folders ---------------------------------------------------------------------------
+def test_data_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run_train("--data-dir", f, "--out", tmp_path / "o", "--arch", "small")
+    _one_line_error(r, 1, "is a file")
+
+
+def test_data_dir_under_a_read_only_path():
+    with pytest.raises(DatasetError, match="cannot write into /proc/minirate-data"):
+        load_cifar("cifar10", "/proc/minirate-data", url="http://127.0.0.1:9/c.tar.gz")
+
+
+def test_unreadable_data_dir(synth, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)   # root reads through chmod
+    with pytest.raises(DatasetError, match="not readable"):
+        load_cifar("cifar10", synth, download=False)
+
+
+def test_offline_download_names_path_url_and_sample_and_creates_nothing(tmp_path):
+    data_dir = tmp_path / "a" / "b" / "data"
+    url = "http://127.0.0.1:9/cifar-10-python.tar.gz"      # nothing listens on port 9
+    with pytest.raises(DatasetError) as e:
+        load_cifar("cifar10", str(data_dir), url=url, timeout=5)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert os.path.join(str(data_dir), "cifar-10-batches-py") in msg and url in msg
+    assert "--dataset cifar10-sample" in msg
+    assert not (tmp_path / "a").exists()
+
+
+# -- progress -----------------------------------------------------------------------------
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def write(self, text):
+        self.lines += [line for line in text.splitlines() if line]
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def test_progress_in_a_log_never_goes_silent(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    log = _Log()
+    bar = Progress(100, "epoch 1/1", stream=log, interval=15)
+    for i in range(1, 101):
+        clock[0] += 4.0                      # one step every 4 s
+        bar.update(i, loss=1.0)
+    bar.close()
+    assert 24 <= len(log.lines) <= 27            # ~ 400 s / 16 s, not one per update
+    elapsed = [line.split("  ")[-1].split("<")[0].split(":") for line in log.lines]
+    stamps = [60 * int(m) + int(s) for m, s in elapsed]
+    assert stamps[0] == 4 and max(np.diff(stamps)) <= 16 and "100/100" in log.lines[-1]
+    assert not any("\r" in line for line in log.lines)
