@@ -14,6 +14,7 @@ keep BLAS's own threading instead). Without threadpoolctl everything runs on one
 Python and BLAS keeps its own threads.
 """
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -97,8 +98,14 @@ def cpu_threads():
     if ThreadpoolController is None:
         return 1
     if _cpu["threads"] is None:
-        env = os.environ.get("MINIRATE_NUM_THREADS", "")
-        _cpu["threads"] = int(env) if env.isdigit() and int(env) > 0 else _available_cores()
+        env = os.environ.get("MINIRATE_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            _cpu["threads"] = int(env)
+        else:
+            _cpu["threads"] = _available_cores()
+            if env:
+                sys.stderr.write(f"warning: MINIRATE_NUM_THREADS={env!r} is not a positive "
+                                 f"integer; using {_cpu['threads']} threads\n")
     return _cpu["threads"]
 
 

@@ -38,7 +38,7 @@ def test_map_runs_on_threads_in_order(threads):
     assert all(n[2].startswith("minirate-cpu") for n in names)
 
 
-def test_thread_count_from_environment(monkeypatch):
+def test_thread_count_from_environment(monkeypatch, capsys):
     if backend.ThreadpoolController is None:
         pytest.skip("threadpoolctl is not installed")
     old = backend.cpu_threads()
@@ -49,6 +49,7 @@ def test_thread_count_from_environment(monkeypatch):
         monkeypatch.setenv("MINIRATE_NUM_THREADS", "zero")      # not a count: the core count
         backend._cpu["threads"] = None
         assert backend.cpu_threads() == backend._available_cores()
+        assert "MINIRATE_NUM_THREADS='zero' is not a positive integer" in capsys.readouterr().err
     finally:
         backend.set_cpu_threads(old)
     with pytest.raises(ValueError):

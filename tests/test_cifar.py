@@ -123,11 +123,13 @@ def make_tarball(tmp_path, src_folder, members=None):
     return path.as_uri(), md5
 
 
-def test_download_good_md5(tmp_path, synth):
+def test_download_good_md5(tmp_path, synth, capsys):
     root, folder = synth
     url, md5 = make_tarball(tmp_path, folder)
     data_dir = tmp_path / "data"
-    out = load_cifar("cifar10", str(data_dir), url=url, md5=md5)
+    out = load_cifar("cifar10", str(data_dir), url=url, md5=md5, progress=True)
+    size = os.path.getsize(url[len("file://"):])
+    assert f"{size}/{size} bytes" in capsys.readouterr().err          # the download's progress
     expected = load_cifar("cifar10", root)
     for a, b in zip(out[:4], expected[:4]):
         np.testing.assert_array_equal(a, b)
