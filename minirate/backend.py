@@ -140,7 +140,8 @@ def cpu_map(fn, arg_tuples):
     NumPy releases the interpreter lock inside copies, ufuncs and BLAS, so the threads really
     run together. BLAS is held to one thread, so that they do not each start a pool of their own:
     from the first call that uses threads on, for the whole process. A single call runs in the
-    calling thread.
+    calling thread. The threads handle floating-point errors as the caller does (np.seterr is
+    per thread).
     """
     if len(arg_tuples) < 2 or cpu_threads() < 2:
         return [fn(*args) for args in arg_tuples]
@@ -148,4 +149,10 @@ def cpu_map(fn, arg_tuples):
         _cpu["pool"] = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="minirate-cpu")
     if _cpu["blas"] is None:   # from now on, for the whole process (see the module docstring)
         _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
-    return list(_cpu["pool"].map(lambda args: fn(*args), arg_tuples))
+    err = np.geterr()
+
+    def call(args):
+        with np.errstate(**err):
+            return fn(*args)
+
+    return list(_cpu["pool"].map(call, arg_tuples))
