@@ -11,7 +11,8 @@ import pytest
 from minirate.data.cifar import make_synthetic_cifar
 from minirate.layers.lif import LIF
 from minirate.models import build_model
-from minirate.study import firing_rates, gradient_alignment, main, memory_time
+from minirate.study import firing_rates, gradient_alignment, memory_time
+from minirate.study.__main__ import main
 from tests.conftest import ROOT
 
 
