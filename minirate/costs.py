@@ -85,7 +85,8 @@ def trace(model, input_shape):
     """The leaf layers of `model` in forward order, with shapes, from a forward on one zero sample.
 
     input_shape: (C, H, W) of one sample. Batchnorm and LIF are shape-preserving and not run, so
-    nothing in the model changes. Returns a list of LayerOp (block 0, no aux heads).
+    nothing in the model changes. Returns a list of LayerOp (one block, no aux heads; only the
+    layers that read the network input need no dx).
     """
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
     x = model.xp.zeros((1,) + tuple(input_shape), dtype=dtype)
@@ -104,7 +105,7 @@ def trace(model, input_shape):
             add = adds[id(layer)]
             block_in = next(op for op in ops if op.name == conv1_of[add])
             ops.append(LayerOp(add, "add", block_in.in_shape, h.shape[1:], 0, 0, False,
-                               block_in.src))
+                               block_in.src, needs_dx=block_in.src is not None))
             src = add
         spike_in = id(h) in spikes
         kind, weights, macs = "pool", 0, 0
@@ -125,7 +126,7 @@ def trace(model, input_shape):
             return out
         weights = sum(p.size for p in layer.params.values())
         ops.append(LayerOp(name, kind, tuple(h.shape[1:]), tuple(out.shape[1:]), int(weights),
-                           int(macs), spike_in, src))
+                           int(macs), spike_in, src, needs_dx=src is not None))
         made_by[id(out)] = name
         return out
 
@@ -185,10 +186,10 @@ def split_blocks(ops, local_blocks=1, split_at=None):
     if starts != sorted(set(starts)) or (starts and starts[0] == 0):
         raise ValueError(f"split points {', '.join(split_at)} are not in forward order")
     block_of, out = {}, []
-    num_classes = next(op.out_shape[-1] for op in reversed(ops) if op.kind == "linear")
     for i, op in enumerate(ops):
         b = sum(i >= s for s in starts)
         if out and b > block_of[out[-1].name]:
+            num_classes = next(op.out_shape[-1] for op in reversed(ops) if op.kind == "linear")
             out += _aux_head(out[-1], block_of[out[-1].name], num_classes)
         block_of[op.name] = b
         out.append(op._replace(block=b, needs_dx=op.src is not None and
