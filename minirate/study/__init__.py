@@ -9,8 +9,8 @@
 """
 from .design_space import design_space
 from .firing import firing_rates
-from .gradients import LIMIT, gradient_alignment, time_average_limit
+from .gradients import LIMIT, gradient_alignment, time_average_limit, weight_depths
 from .memory_time import memory_time
 
 __all__ = ["design_space", "firing_rates", "gradient_alignment", "memory_time", "LIMIT",
-           "time_average_limit"]
+           "time_average_limit", "weight_depths"]
