@@ -93,12 +93,13 @@ def plot_firing(rows, path, title):
 def _heat(ax, grid, Ks, Ns, title, fmt, cmap):
     """One heat map: K across, N down; empty (NaN) cells left blank."""
     im = ax.imshow(grid, cmap=cmap, aspect="auto")
-    finite = grid[np.isfinite(grid)]
     for (i, j), v in np.ndenumerate(grid):
         if np.isfinite(v):
-            dark = finite.size and v < finite.min() + 0.5 * (finite.max() - finite.min())
+            r, g, b, _ = im.cmap(im.norm(v))        # light text on a dark cell and vice versa
             ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")
+                    color="white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black")
+        else:
+            ax.text(j, i, "not run", ha="center", va="center", fontsize=8, color="grey")
     ax.set_xticks(range(len(Ks)), [str(k) for k in Ks])
     ax.set_yticks(range(len(Ns)), [str(n) for n in Ns])
     ax.set(xlabel="window K (time steps per truncated window)", ylabel="local blocks N",
@@ -124,9 +125,9 @@ def plot_design_space(rows, path, title):
                ("kept_bytes", 1 / MiB, "bytes kept for backward (MiB)", "{:.1f}", "magma_r"),
                ("peak_bytes", 1 / MiB, "peak memory of a step (MiB)", "{:.1f}", "magma_r"),
                ("step_time_s", 1.0, "step time (s, median)", "{:.3f}", "magma_r")],
-              [("macs", 1e-9, "MACs per step (10⁹)", "{:.3f}", "magma_r"),
-               ("acs", 1e-9, "ACs per step (10⁹, spike inputs)", "{:.3f}", "magma_r"),
-               ("mem_bytes", 1 / MiB, "memory accesses per step (MiB)", "{:.0f}", "magma_r")]]
+              [("macs", 1e-9, "MACs per step (10⁹)", "{:.4g}", "magma_r"),
+               ("acs", 1e-9, "ACs per step (10⁹, spike inputs)", "{:.4g}", "magma_r"),
+               ("mem_bytes", 1 / MiB, "memory accesses per step (MiB)", "{:.4g}", "magma_r")]]
     paths = [path, path[:-len(".png")] + "_costs.png"]
     for out, panel in zip(paths, panels):
         fig, axes = plt.subplots(1, len(panel), figsize=(4.6 * len(panel), 3.2 + 0.3 * len(Ns)),
