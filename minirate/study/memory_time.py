@@ -32,7 +32,7 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
 
     x, y: one batch (NumPy or CuPy; the model follows x). methods: MethodSpecs or spec texts
     ('bptt', 'tbptt:K=2', ...); one not in this build is skipped with a note. on_cell(i, n,
-    method, T) reports progress. Returns one dict per (method, T): method, T, step_time_s,
+    method, T) reports progress: when cell i starts and after each of its steps. Returns one dict per (method, T): method, T, step_time_s,
     kept_bytes, peak_bytes and the totals of `costs.sum_costs`.
     """
     xp = get_array_module(x)
@@ -61,6 +61,8 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
                 step()
                 if k >= warmup:
                     times.append(time.perf_counter() - t0)
+                if on_cell:                     # the same cell again: a heartbeat for long steps
+                    on_cell(i - 1, n, spec.label, T)
             model.zero_grad()
             peak = peak_step_bytes(xp, step)
             costs = spec.costs(model, x.shape, T, split_points(method))
