@@ -57,15 +57,16 @@ from .layers.conv import Conv2d
 from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
-from .layers.pool import MaxPool2d
+from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s")
 FORWARD, BACKWARD = ("fwd", "spike", "rate"), ("bwd", "rate_bwd")
+SHAPED = (Conv2d, Linear, AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten)   # run in `trace`
 
 
 class LayerOp(NamedTuple):
     name: str          # dotted module name; 'layer1.0.add' for a residual add, 'aux.0.*' heads
-    kind: str          # 'conv', 'linear', 'bn', 'lif', 'pool', 'add'
+    kind: str          # 'conv', 'linear', 'bn', 'lif', 'add', 'pool' (and any other layer)
     in_shape: tuple    # per sample and step (for 'add': the block input, whose gradients it sums)
     out_shape: tuple   # per sample and step
     weights: int       # parameter elements (weight + bias; batchnorm γ, β)
@@ -84,8 +85,9 @@ def _size(shape):
 def trace(model, input_shape):
     """The leaf layers of `model` in forward order, with shapes, from a forward on one zero sample.
 
-    input_shape: (C, H, W) of one sample. Batchnorm and LIF are shape-preserving and not run, so
-    nothing in the model changes. Returns a list of LayerOp (one block, no aux heads; only the
+    input_shape: (C, H, W) of one sample. Only layers that change the shape run (conv, linear,
+    pooling, flatten); the others (batchnorm, LIF, dropout) are copied through, so the trace
+    changes no state of the model (running statistics, random generators). Returns a list of LayerOp (one block, no aux heads; only the
     layers that read the network input need no dx).
     """
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
@@ -98,7 +100,7 @@ def trace(model, input_shape):
     names = {id(m): name for name, m in model.named_modules()}
 
     def run(layer, h):
-        out = h.copy() if isinstance(layer, (LIF, BatchNorm1d, BatchNorm2d)) else layer.forward(h)[0]
+        out = layer.forward(h)[0] if isinstance(layer, SHAPED) else h.copy()
         keep.append(out)                        # ids stay unique while the trace runs
         name, src = names[id(layer)], made_by.get(id(h), "?")
         if id(layer) in adds:                   # the residual sum feeding the block's last LIF

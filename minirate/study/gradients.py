@@ -191,7 +191,7 @@ def run(a, xp, bar):
     labels = list(dict.fromkeys(r["method"] for r in rows))
     info = dict(arch=a.arch, width=a.width, dataset=dataset, batch_size=a.batch_size,
                 device=a.device, dtype="float64", data=source, weights=weights,
-                scale_grad_by_T=False, reference={m: f"bptt step mode {reference_mode(m)}"
+                scale_grad_by_T=False, costs="minirate/costs.py, memory at 8 bytes per number", reference={m: f"bptt step mode {reference_mode(m)}"
                                                   for m in labels})
     summary = []
     for r in (r for r in rows if r["param"] == "(all)"):
