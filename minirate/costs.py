@@ -25,15 +25,17 @@ Memory accesses: bytes read and written by each routine call, each operand array
 each result written once (an ideal fused kernel; minirate's NumPy passes do more), per element
 of the call's input (in) / output (out) and once per call for the parameters (w):
 
-    routine         conv / linear                    batchnorm            LIF (per step)      pool, add
-    fwd (BPTT)      R in + w, W out                  R in + w, W 2 out    R 2 (I, u⁺) W 3      R in W out
-                                                     (y and x − μ kept)   (s, u kept, u⁺)     (add: R 2 out)
-    spike pass      as fwd                           R in + w, W out      R 5 W 5, + W 2 at   as fwd
-                                                                          the end (r, e)
-    rate pass fwd   as fwd                           as fwd               nothing (r given)   as fwd
-    bwd (BPTT)      R dy, x, w (+ R w, W w for the   R dy, x − μ, w,      R 3 (ds, u, du⁺)    R out W in
-                    gradient sum), W dx if needed    W dx (+ grads)       W 2 (dI, du⁺)
-    rate pass bwd   as bwd                           as bwd               R 2 (dr, e) W 1     as bwd
+    routine      conv / linear               batchnorm           LIF (per step)    pool / add
+    fwd (BPTT)   R in + w, W out             R in + w, W 2 out   R 2 (I, u⁺),      R in, W out
+                                             (y; x − μ kept)     W 3 (s, u⁺; u     (add: R 2 out)
+                                                                 kept)
+    spike pass   as fwd                      R in + w, W out     R 5, W 5; at the  as fwd
+                                                                 end W 2 (r, e)
+    rate fwd     as fwd                      as fwd              nothing (r given) as fwd
+    bwd (BPTT)   R dy, x, w; W dx if         R dy, x − μ, w;     R 3 (ds, u, du⁺), R out, W in
+                 needed; R w, W w for the    W dx; R w, W w for  W 2 (dI, du⁺)     (add: R 2 in,
+                 gradient sums               the gradient sums                     W in)
+    rate bwd     as bwd                      as bwd              R 2 (dr, e), W 1  as bwd
 
 How each method calls the routines (B samples, T steps, windows of K steps):
 
@@ -87,8 +89,8 @@ def trace(model, input_shape):
 
     input_shape: (C, H, W) of one sample. Only layers that change the shape run (conv, linear,
     pooling, flatten); the others (batchnorm, LIF, dropout) are copied through, so the trace
-    changes no state of the model (running statistics, random generators). Returns a list of LayerOp (one block, no aux heads; only the
-    layers that read the network input need no dx).
+    changes no state of the model (running statistics, random generators). Returns a list of
+    LayerOp: one block, no aux heads; only the layers that read the network input need no dx.
     """
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
     x = model.xp.zeros((1,) + tuple(input_shape), dtype=dtype)
@@ -164,7 +166,7 @@ def default_split(ops, local_blocks):
     before = {c: sum(op.macs for op in ops[:_start(ops, c)]) for c in cands}
     chosen = []
     for i in range(1, local_blocks):
-        free = [c for c in cands if c not in chosen and (not chosen or before[c] > before[chosen[-1]])]
+        free = [c for c in cands if not chosen or before[c] > before[chosen[-1]]]
         left = local_blocks - 1 - i                    # keep enough candidates for the rest
         free = free[:len(free) - left] if left else free
         chosen.append(min(free, key=lambda c: abs(before[c] - i * total / local_blocks)))
@@ -257,7 +259,8 @@ def method_passes(method, T, step_mode="m", window=None):
     if method in ("rate", "rate_m", "rate_s"):
         calls = T if method == "rate_s" else 1
         return [("spike", T, calls, False), ("rate", 1, 1, True), ("rate_bwd", 1, 1, True)]
-    raise ValueError(f"no cost model for method {method!r}; choose one of {', '.join(COST_METHODS)}")
+    raise ValueError(f"no cost model for method {method!r}; choose one of "
+                     f"{', '.join(COST_METHODS)}")
 
 
 def layer_costs(ops, batch, T, method="bptt", step_mode="m", window=None, itemsize=4):

@@ -80,7 +80,8 @@ def direct_conv(x, W, b, stride, padding):
                 for c in range(C):
                     for p in range(k):
                         for q in range(k):
-                            y[:, o, i, j] += W[o, c, p, q] * xp[:, c, stride * i + p, stride * j + q]
+                            tap = xp[:, c, stride * i + p, stride * j + q]
+                            y[:, o, i, j] += W[o, c, p, q] * tap
                             count += N
     if b is not None:
         y += b[None, :, None, None]
@@ -103,7 +104,8 @@ def test_whole_model_forward_equals_a_brute_force_count():
                 y, n = direct_conv(h, layer.params["weight"], layer.params.get("bias"),
                                    layer.stride, layer.padding)
             else:
-                y, n = h @ layer.params["weight"].T + layer.params["bias"], h.size * layer.out_features
+                y = h @ layer.params["weight"].T + layer.params["bias"]
+                n = h.size * layer.out_features
             np.testing.assert_allclose(y, out, rtol=1e-10, atol=1e-10)
             binary = np.isin(h, (0.0, 1.0)).all()
             macs, acs = macs + (0 if binary else n), acs + (n if binary else 0)

@@ -132,7 +132,8 @@ def add_parser(sub, fmt):
     s.add_argument("--T", type=positive_int, default=4, help="time steps")
     s.add_argument("--step-mode", choices=("m", "s"), default="m", help="multi- or single-step")
     s.add_argument("--train-steps", type=positive_int, default=30, help="SGD steps per cell")
-    s.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (momentum 0.9)")
+    s.add_argument("--lr", type=positive_float, default=0.05,
+                   help="SGD learning rate (momentum 0.9)")
     add_model_options(s)
     add_common_options(s, 32)
 

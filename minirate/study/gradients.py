@@ -26,8 +26,9 @@ from ..methods import BPTT
 from ..methods.common import mean_over_time
 from ..models import build_model
 from .common import (COST_HEADER, COST_KEYS, MethodUnavailable, StudyError, add_common_options,
-                     add_model_options, build_method, checkpoint_data, cost_cells, format_table, int_list,
-                     load_batch, model_from_checkpoint, note, parse_method_spec, split_points)
+                     add_model_options, build_method, checkpoint_data, cost_cells, format_table,
+                     int_list, load_batch, model_from_checkpoint, note, parse_method_spec,
+                     split_points)
 from .plots import plot_gradients
 
 LIMIT = "avg_limit"     # not a method: `time_average_limit`, compared like one
@@ -191,8 +192,8 @@ def run(a, xp, bar):
     labels = list(dict.fromkeys(r["method"] for r in rows))
     info = dict(arch=a.arch, width=a.width, dataset=dataset, batch_size=a.batch_size,
                 device=a.device, dtype="float64", data=source, weights=weights,
-                scale_grad_by_T=False, costs="minirate/costs.py, memory at 8 bytes per number", reference={m: f"bptt step mode {reference_mode(m)}"
-                                                  for m in labels})
+                scale_grad_by_T=False, costs="minirate/costs.py, memory at 8 bytes per number",
+                reference={m: f"bptt step mode {reference_mode(m)}" for m in labels})
     summary = []
     for r in (r for r in rows if r["param"] == "(all)"):
         ws = [w for w in rows if (w["method"], w["T"]) == (r["method"], r["T"])

@@ -32,8 +32,9 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
 
     x, y: one batch (NumPy or CuPy; the model follows x). methods: MethodSpecs or spec texts
     ('bptt', 'tbptt:K=2', ...); one not in this build is skipped with a note. on_cell(i, n,
-    method, T) reports progress: when cell i starts and after each of its steps. Returns one dict per (method, T): method, T, step_time_s,
-    kept_bytes, peak_bytes and the totals of `costs.sum_costs`.
+    method, T) reports progress: when cell i starts and after each of its steps. Returns one
+    dict per (method, T): method, T, step_time_s, kept_bytes, peak_bytes and the totals of
+    `costs.sum_costs`.
     """
     xp = get_array_module(x)
     specs = [parse_method_spec(m) if isinstance(m, str) else m for m in methods]
