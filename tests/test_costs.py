@@ -174,6 +174,15 @@ def test_local_blocks_drop_dx_at_edges_and_add_heads(small):
         method_costs(small, shape, T, "bptt", local_blocks=4)
 
 
+def test_frames_cost_what_a_static_image_costs(small):
+    # (T, B, C, H, W) frames: the same layers on the same number of samples per step
+    assert method_costs(small, (3, 4, 3, 16, 16), 3, "rate_s") == \
+        method_costs(small, (4, 3, 16, 16), 3, "rate_s")
+    two = build_model("small", 10, 0.25, seed=0, in_channels=2)   # event frames: 2 polarities
+    first = trace(two, (2, 16, 16))[0]
+    assert first.macs == 4 * 16 * 16 * 2 * 3 * 3                   # O Ho Wo C k k
+
+
 def test_layer_costs_sum_to_the_totals(small):
     ops = split_blocks(trace(small, (3, 16, 16)), 2)
     rows = layer_costs(ops, 4, 3, "rate_s", itemsize=F32)

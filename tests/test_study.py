@@ -225,6 +225,18 @@ def test_cli_design_space_checks_its_grid(tmp_path, capsys, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_method_specs():
+    parse = common.parse_method_spec
+    assert parse("bptt") == ("bptt", "bptt", "m", None, 1)
+    assert parse("rate") == ("rate", "rate_m", "m", None, 1)
+    assert parse("rate_s:N=3") == ("rate_s:N=3", "rate_s", "s", None, 3)
+    assert parse("local") == ("local", "bptt", "m", None, 2)
+    assert parse("tbptt:K=2:N=2:mode=s") == ("tbptt:K=2:N=2:mode=s", "tbptt", "s", 2, 2)
+    assert parse("tbptt:K=8").kwargs(4) == {"window": 4}          # a window holds at most T
+    assert parse("local:N=3").kwargs(4) == {"local_blocks": 3}
+    assert parse("bptt:mode=s").kwargs(4) == {}                    # today's make_method suffices
+
+
 def test_progress_line_at_least_every_heartbeat(monkeypatch, capsys):
     clock = [0.0]
     monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])

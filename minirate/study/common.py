@@ -147,8 +147,12 @@ def build_method(spec, model, T, **extra):
 
 
 def split_points(method):
-    """The block starts a local method reports (its `split_at`), or None for the cost default."""
-    return getattr(method, "split_at", None)
+    """The block starts (module names) a local method reports as its `split_at`, or None: the
+    cost model then takes its own default (`costs.default_split`)."""
+    names = getattr(method, "split_at", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+        return list(names)
+    return None
 
 
 # -- measuring ----------------------------------------------------------------------------
