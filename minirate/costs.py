@@ -153,24 +153,25 @@ def split_candidates(ops):
     return out
 
 
-def default_split(ops, local_blocks):
-    """N − 1 block starts among `split_candidates`, chosen so that each block holds about an
-    equal share of the forward MACs (start i is the candidate nearest to i/N of the total)."""
+def model_split_candidates(model, ops):
+    """Where blocks of `model` may start: its own `split_points` if it lists them, else
+    `split_candidates(ops)` (ops: its trace)."""
+    own = getattr(model, "split_points", None)
+    return list(own) if own is not None else split_candidates(ops)
+
+
+def default_split(ops, local_blocks, candidates=None):
+    """N − 1 block starts spread evenly over the M candidates, as the local method picks them:
+    start i (1 ≤ i < N) is candidate ⌊i (M + 1) / N⌋ − 1. candidates: the model's own list of
+    block starts (`model.split_points` where the model has one), else `split_candidates(ops)`."""
     if local_blocks <= 1:
         return []
-    cands = split_candidates(ops)
-    if local_blocks - 1 > len(cands):
+    cands = list(candidates) if candidates is not None else split_candidates(ops)
+    M = len(cands)
+    if local_blocks - 1 > M:
         raise ValueError(f"{local_blocks} local blocks need {local_blocks - 1} split points; "
-                         f"this model has {len(cands)}: {', '.join(cands) or 'none'}")
-    total = sum(op.macs for op in ops)
-    before = {c: sum(op.macs for op in ops[:_start(ops, c)]) for c in cands}
-    chosen = []
-    for i in range(1, local_blocks):
-        free = [c for c in cands if not chosen or before[c] > before[chosen[-1]]]
-        left = local_blocks - 1 - i                    # keep enough candidates for the rest
-        free = free[:len(free) - left] if left else free
-        chosen.append(min(free, key=lambda c: abs(before[c] - i * total / local_blocks)))
-    return chosen
+                         f"this model has {M}: {', '.join(cands) or 'none'}")
+    return [cands[i * (M + 1) // local_blocks - 1] for i in range(1, local_blocks)]
 
 
 def _start(ops, name):
@@ -180,12 +181,12 @@ def _start(ops, name):
     raise ValueError(f"no layer named {name!r} to split at")
 
 
-def split_blocks(ops, local_blocks=1, split_at=None):
+def split_blocks(ops, local_blocks=1, split_at=None, candidates=None):
     """ops with block indices, `needs_dx` and an aux head (global average pool + linear to the
     class count) after every block but the last. split_at: module names where blocks start
-    (default: `default_split`). One block: the ops unchanged but for needs_dx."""
+    (default: `default_split` among `candidates`). One block: the ops as they are."""
     if split_at is None:
-        split_at = default_split(ops, local_blocks)
+        split_at = default_split(ops, local_blocks, candidates)
     starts = [_start(ops, name) for name in split_at]
     if starts != sorted(set(starts)) or (starts and starts[0] == 0):
         raise ValueError(f"split points {', '.join(split_at)} are not in forward order")
@@ -294,10 +295,12 @@ def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=Non
                  local_blocks=1, split_at=None, itemsize=None):
     """Totals for one training step (see `sum_costs`) of `method` on a batch of `input_shape`:
     (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt; local_blocks / split_at:
-    local training (split_at: module names where blocks start; default `default_split`).
+    local training (split_at: module names where blocks start; default `default_split`, among
+    `model.split_points` where the model lists them).
     itemsize: bytes per number (default: the model's parameter dtype)."""
     shape = tuple(input_shape)[1:] if len(input_shape) == 5 else tuple(input_shape)
-    ops = split_blocks(trace(model, shape[1:]), local_blocks, split_at)
+    ops = trace(model, shape[1:])
+    ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
     if itemsize is None:
         itemsize = model.params_list()[0].dtype.itemsize
     return sum_costs(layer_costs(ops, shape[0], T, method, step_mode, window, itemsize))

@@ -170,6 +170,11 @@ def test_local_blocks_drop_dx_at_edges_and_add_heads(small):
     assert local["bwd_macs"] - bptt["bwd_macs"] == T * B * (2 * head - sum(op.macs for op in edge))
     assert local["acs"] == bptt["acs"]
     assert method_costs(small, shape, T, "bptt", local_blocks=1) == bptt
+    # by default N − 1 of the candidates, spread evenly; a model's own list of starts wins
+    assert default_split(ops, 2) == ["layer1"]
+    listed = build_model("small", 10, 0.25, seed=0)
+    listed.split_points = ["layer2"]
+    assert method_costs(listed, shape, T, "bptt", local_blocks=2) == local
     with pytest.raises(ValueError, match="split points"):
         method_costs(small, shape, T, "bptt", local_blocks=4)
 

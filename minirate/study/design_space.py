@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module, synchronize
 from ..cli import positive_float, positive_int
-from ..costs import split_candidates, trace
+from ..costs import model_split_candidates, trace
 from ..data.augment import normalize
 from ..data.cifar import SPECS
 from ..methods import predict
@@ -149,7 +149,7 @@ def run(a, xp, bar):
     num_classes = SPECS[a.dataset]["num_classes"]
     probe = build_model(a.arch, num_classes, a.width, seed=a.seed)
     H, W, C = x_train.shape[1:]                       # uint8 images are (N, H, W, C)
-    most = 1 + len(split_candidates(trace(probe, (C, H, W))))
+    most = 1 + len(model_split_candidates(probe, trace(probe, (C, H, W))))
     if max(a.N) > most:
         raise StudyError(f"--N {max(a.N)}: {a.arch} can be cut into at most {most} local blocks")
     data = (normalize(x_train, a.dataset), y_train, normalize(x_test, a.dataset), y_test)
