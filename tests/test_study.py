@@ -194,6 +194,21 @@ def test_memory_time_lists_variants_or_says_why_not(tmp_path, capsys):
         assert by["tbptt:K=1"]["macs"] == by["bptt"]["macs"]
 
 
+def test_gradients_lists_variants_or_says_why_not(tmp_path, capsys):
+    code, out, err = study_here(["gradients", "--methods", "rate_m,local:N=2,tbptt:K=1", "--T",
+                                 "2", "--width", "0.25", "--batch-size", "2", "--out",
+                                 str(tmp_path)], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "gradients.json").read_text())["rows"]
+    listed = {row["method"] for row in rows}
+    for variant in ("local:N=2", "tbptt:K=1"):
+        assert variant in listed or f"note: skipped {variant}: " in err, err
+    whole = [row for row in rows if row["param"] == "(all)"]
+    assert all(row["macs"] > 0 for row in whole)
+    if "tbptt:K=1" in listed:       # one window per step: not BPTT's gradient at T = 2
+        assert next(r for r in whole if r["method"] == "tbptt:K=1")["cosine"] < 1 - 1e-9
+
+
 def test_cli_design_space_table_and_heat_maps(tmp_path, capsys):
     code, out, err = study_here(["design-space", "--K", "1,2", "--N", "1,2", "--T", "2",
                                  "--train-steps", "2", "--batch-size", "8", "--width", "0.25",

@@ -185,6 +185,7 @@ def run(a, xp, bar):
     model.to(xp, np.float64)
     dataset, data_dir = checkpoint_data(a, cfg)
     x, y, source = load_batch(dataset, data_dir, a.batch_size)
+    depths = weight_depths(model)           # before a local method adds its aux heads
     rows = gradient_alignment(model, xp.asarray(x, dtype=np.float64), xp.asarray(y), a.T,
                               a.methods, on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T))
     if not rows:
@@ -210,7 +211,7 @@ def run(a, xp, bar):
     cells = list(dict.fromkeys((r["method"], r["T"]) for r in rows))
     per_weight = [[f"{d}", p] + [f"{r['cosine']:.3f}" for c in cells for r in rows
                                  if (r["method"], r["T"], r["param"]) == (*c, p)]
-                  for p, d in weight_depths(model).items()]
+                  for p, d in depths.items()]
     table += "\n\ncosine per conv/linear weight:\n" + format_table(
         ["depth", "weight"] + [f"{m} T={T}" for m, T in cells], per_weight)
     table += "\n(rate methods without the 1/T loss-gradient factor, so norm ratios compare)"
