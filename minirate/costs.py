@@ -84,17 +84,21 @@ def _size(shape):
     return int(np.prod(shape, dtype=np.int64))
 
 
-def trace(model, input_shape):
+def trace(model, input_shape, spike_input=False, pooled_spikes=False):
     """The leaf layers of `model` in forward order, with shapes, from a forward on one zero sample.
 
     input_shape: (C, H, W) of one sample. Only layers that change the shape run (conv, linear,
     pooling, flatten); the others (batchnorm, LIF, dropout) are copied through, so the trace
     changes no state of the model (running statistics, random generators). Returns a list of
     LayerOp: one block, no aux heads; only the layers that read the network input need no dx.
+
+    Two counting choices, both off by default: spike_input, the network input is itself 0/1
+    (binary event frames); pooled_spikes, average-pooled spikes count as spikes (the pool is
+    additions of spikes, and its scale 1/k² folds into the next layer's weights).
     """
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
     x = model.xp.zeros((1,) + tuple(input_shape), dtype=dtype)
-    ops, made_by, spikes, keep = [], {id(x): None}, set(), [x]
+    ops, made_by, spikes, keep = [], {id(x): None}, {id(x)} if spike_input else set(), [x]
     adds = {id(m.spike2): f"{name}.add" for name, m in model.named_modules()
             if isinstance(m, BasicBlock)}
     conv1_of = {f"{name}.add": f"{name}.conv1" for name, m in model.named_modules()
@@ -123,7 +127,7 @@ def trace(model, input_shape):
         elif isinstance(layer, LIF):
             kind = "lif"
             spikes.add(id(out))
-        elif isinstance(layer, (Flatten, MaxPool2d)) and spike_in:
+        elif spike_in and (isinstance(layer, (Flatten, MaxPool2d)) or pooled_spikes):
             spikes.add(id(out))                 # shape-only layers keep spikes spikes
         if isinstance(layer, Flatten):          # a view: no op of its own
             made_by[id(out)] = made_by.get(id(h), "?")
@@ -292,14 +296,16 @@ def sum_costs(rows):
 
 
 def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=None,
-                 local_blocks=1, split_at=None, itemsize=None):
+                 local_blocks=1, split_at=None, itemsize=None, spike_input=False,
+                 pooled_spikes=False):
     """Totals for one training step (see `sum_costs`) of `method` on a batch of `input_shape`:
     (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt; local_blocks / split_at:
     local training (split_at: module names where blocks start; default `default_split`, among
     `model.split_points` where the model lists them).
-    itemsize: bytes per number (default: the model's parameter dtype)."""
+    itemsize: bytes per number (default: the model's parameter dtype). spike_input,
+    pooled_spikes: counting choices, see `trace`."""
     shape = tuple(input_shape)[1:] if len(input_shape) == 5 else tuple(input_shape)
-    ops = trace(model, shape[1:])
+    ops = trace(model, shape[1:], spike_input, pooled_spikes)
     ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
     if itemsize is None:
         itemsize = model.params_list()[0].dtype.itemsize

@@ -188,6 +188,25 @@ def test_frames_cost_what_a_static_image_costs(small):
     assert first.macs == 4 * 16 * 16 * 2 * 3 * 3                   # O Ho Wo C k k
 
 
+def test_counting_choices_for_event_input_and_pooled_spikes():
+    vgg = build_model("vggsnn_cifar", 10, 0.125, seed=0)
+    shape, T = (2, 3, 32, 32), 2
+    strict = {op.name: op for op in trace(vgg, shape[1:])}
+    assert not strict["feature.0"].spike_in and strict["feature.3"].spike_in
+    assert not strict["feature.7"].spike_in                  # after AvgPool2d: real values
+    events = {op.name: op for op in trace(vgg, shape[1:], spike_input=True)}
+    assert events["feature.0"].spike_in and not events["feature.7"].spike_in
+    pooled = {op.name: op for op in trace(vgg, shape[1:], pooled_spikes=True)}
+    assert pooled["feature.7"].spike_in and not pooled["feature.0"].spike_in
+    # the same products in all three; only their split into MACs and ACs moves
+    counts = [method_costs(vgg, shape, T, "bptt", spike_input=e, pooled_spikes=p)
+              for e, p in ((False, False), (True, False), (False, True))]
+    assert len({c["macs"] + c["acs"] for c in counts}) == 1
+    first = strict["feature.0"].macs * T * shape[0]          # forward and dW of the first conv
+    assert counts[0]["macs"] - counts[1]["macs"] == 2 * first == counts[1]["acs"] - counts[0]["acs"]
+    assert counts[2]["macs"] < counts[0]["macs"]
+
+
 def test_layer_costs_sum_to_the_totals(small):
     ops = split_blocks(trace(small, (3, 16, 16)), 2)
     rows = layer_costs(ops, 4, 3, "rate_s", itemsize=F32)
