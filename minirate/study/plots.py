@@ -12,26 +12,30 @@ def _pyplot():
 
 
 def plot_memory_time(rows, path, title):
-    """Two panels against T, one colour per method: step time; memory in MiB, kept for
-    backward (solid) and peak (dashed)."""
+    """Three panels against T, one colour per method: step time; memory in MiB, kept for
+    backward (solid) and peak (dashed); MACs (solid) and ACs (dashed) per step."""
     plt = _pyplot()
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_t, ax_m, ax_c) = plt.subplots(1, 3, figsize=(16, 4.4))
     for k, name in enumerate(dict.fromkeys(r["method"] for r in rows)):
         rs = [r for r in rows if r["method"] == name]
         T = [r["T"] for r in rs]
         # later methods drawn thinner, so that equal curves (rate_m, rate_s memory) stay visible
-        style = dict(color=f"C{k}", lw=max(3.0 - 0.8 * k, 1.0), ms=max(9 - 2.5 * k, 4))
+        style = dict(color=f"C{k % 10}", lw=max(3.0 - 0.8 * k, 1.0), ms=max(9 - 2.5 * k, 4))
         ax_t.plot(T, [r["step_time_s"] for r in rs], "o-", label=name, **style)
-        ax_m.plot(T, [r["kept_bytes"] / MiB for r in rs], "o-", label=f"{name} kept", **style)
-        ax_m.plot(T, [r["peak_bytes"] / MiB for r in rs], "s--", label=f"{name} peak", **style)
+        ax_m.plot(T, [r["kept_bytes"] / MiB for r in rs], "o-", **style)
+        ax_m.plot(T, [r["peak_bytes"] / MiB for r in rs], "s--", **style)
+        ax_c.plot(T, [r["macs"] / 1e9 for r in rs], "o-", **style)
+        ax_c.plot(T, [r["acs"] / 1e9 for r in rs], "s--", **style)
     ax_t.set(xlabel="time steps T", ylabel="step time (s, median)", title="step time")
     ax_m.set(xlabel="time steps T", ylabel="memory (MiB)",
              title="bytes kept for backward (solid), peak during a step (dashed)")
-    for ax in (ax_t, ax_m):
+    ax_c.set(xlabel="time steps T", ylabel="operations per step (10⁹)",
+             title="MACs (solid), ACs on spike inputs (dashed)")
+    for ax in (ax_t, ax_m, ax_c):
         ax.set_xticks(sorted({r["T"] for r in rows}))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    ax_t.legend(fontsize=8)                     # one legend: the colours; styles in the titles
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
