@@ -11,7 +11,9 @@ import pytest
 from minirate.data.cifar import make_synthetic_cifar
 from minirate.layers.lif import LIF
 from minirate.models import build_model
-from minirate.study import firing_rates, gradient_alignment, main, memory_time
+from minirate.study import firing_rates, gradient_alignment, memory_time
+from minirate.study import common
+from minirate.study.__main__ import main
 from tests.conftest import ROOT
 
 
@@ -108,14 +110,23 @@ def test_cli_memory_time_writes_and_names_its_files(tmp_path):
         path = os.path.join("tmp", name)
         assert (tmp_path / path).stat().st_size > 0
         assert path in r.stdout
-    rows = json.loads((tmp_path / "tmp" / "memory_time.json").read_text())["rows"]
+    doc = json.loads((tmp_path / "tmp" / "memory_time.json").read_text())
+    rows = doc["rows"]
     assert {(row["method"], row["T"]) for row in rows} == {
         (m, T) for m in ("bptt", "rate_m", "rate_s") for T in (1, 2)}
+    assert doc["info"]["data"] == "CIFAR-10 sample (bundled) test"     # the default: no data dir
+    assert all(row["macs"] > 0 and row["acs"] > 0 and row["mem_bytes"] > 0 for row in rows)
+    assert "GMAC" in r.stdout and "mem acc MiB" in r.stdout
 
 
 @pytest.mark.parametrize("args", [["memory-time", "--T", "0"],
                                   ["memory-time", "--methods", "foo"],
                                   ["gradients", "--methods", "bptt"],
+                                  ["memory-time", "--methods", "bptt,tbptt:K=0"],
+                                  ["memory-time", "--methods", "tbptt:W=2"],
+                                  ["memory-time", "--methods", "rate_m:K=2"],
+                                  ["gradients", "--methods", "sltt:N=2"],
+                                  ["design-space", "--lr", "-1"],
                                   ["firing"],
                                   ["nonsense"]])
 def test_cli_bad_arguments_give_one_line(tmp_path, monkeypatch, capsys, args):
@@ -141,8 +152,9 @@ def checkpoint(tmp_path_factory):
 def test_cli_firing_from_checkpoint(tmp_path, capsys, checkpoint):
     path, data = checkpoint
     out = str(tmp_path / "out")
+    # no --data-dir: the checkpoint's own data set and folder
     code, stdout, err = study_here(["firing", "--checkpoint", path, "--batch-size", "8",
-                                    "--data-dir", data, "--out", out], capsys)
+                                    "--out", out], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "out" / "firing.json").read_text())
     assert doc["info"]["T"] == 2 and doc["info"]["data"] == "CIFAR-10 test"
@@ -150,6 +162,108 @@ def test_cli_firing_from_checkpoint(tmp_path, capsys, checkpoint):
     assert all(0 <= row["rate"] <= 1 for row in doc["rows"])
     for name in ("firing.csv", "firing.json", "firing.png"):
         assert os.path.join(out, name) in stdout
+    code, _, err = study_here(["firing", "--checkpoint", path, "--batch-size", "8", "--dataset",
+                               "cifar10-sample", "--out", out], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "firing.json").read_text())
+    assert doc["info"]["data"] == "CIFAR-10 sample (bundled) test"
+
+
+@pytest.mark.parametrize("study_name", ["memory-time", "gradients"])
+def test_cli_data_dir_that_fails_to_load_is_an_error(tmp_path, monkeypatch, capsys, study_name):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = study_here([study_name, "--dataset", "cifar10", "--data-dir", "missing",
+                                 "--T", "1", "--width", "0.25", "--batch-size", "2"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: CIFAR-10 not found at missing"), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_memory_time_lists_variants_or_says_why_not(tmp_path, capsys):
+    code, out, err = study_here(["memory-time", "--methods", "bptt,tbptt:K=1,local:N=2",
+                                 "--T", "2", "--width", "0.25", "--batch-size", "2", "--steps",
+                                 "1", "--warmup", "0", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "memory_time.json").read_text())["rows"]
+    listed = {row["method"] for row in rows}
+    for variant in ("tbptt:K=1", "local:N=2"):
+        assert variant in listed or f"note: skipped {variant}: " in err, err
+    by = {row["method"]: row for row in rows}
+    if "tbptt:K=1" in by:       # one window per step: kept bytes of one step, not of T
+        assert by["tbptt:K=1"]["kept_bytes"] < by["bptt"]["kept_bytes"]
+        assert by["tbptt:K=1"]["macs"] == by["bptt"]["macs"]
+
+
+def test_gradients_lists_variants_or_says_why_not(tmp_path, capsys):
+    code, out, err = study_here(["gradients", "--methods", "rate_m,local:N=2,tbptt:K=1", "--T",
+                                 "2", "--width", "0.25", "--batch-size", "2", "--out",
+                                 str(tmp_path)], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "gradients.json").read_text())["rows"]
+    listed = {row["method"] for row in rows}
+    for variant in ("local:N=2", "tbptt:K=1"):
+        assert variant in listed or f"note: skipped {variant}: " in err, err
+    whole = [row for row in rows if row["param"] == "(all)"]
+    assert all(row["macs"] > 0 for row in whole)
+    if "tbptt:K=1" in listed:       # one window per step: not BPTT's gradient at T = 2
+        assert next(r for r in whole if r["method"] == "tbptt:K=1")["cosine"] < 1 - 1e-9
+
+
+def test_cli_design_space_table_and_heat_maps(tmp_path, capsys):
+    code, out, err = study_here(["design-space", "--K", "1,2", "--N", "1,2", "--T", "2",
+                                 "--train-steps", "2", "--batch-size", "8", "--width", "0.25",
+                                 "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "design_space.json").read_text())
+    rows = {(r["K"], r["N"]): r for r in doc["rows"]}
+    assert set(rows) == {(1, 1), (2, 1), (1, 2), (2, 2)}
+    assert rows[2, 1]["method"] == "bptt" and rows[2, 1]["ran"]          # K = T, N = 1
+    for r in rows.values():
+        assert r["macs"] > 0 and r["acs"] > 0 and r["mem_bytes"] > 0    # counted, run or not
+        if r["ran"]:
+            assert 0 <= r["accuracy"] <= 1 and r["kept_bytes"] > 0 and r["peak_bytes"] > 0
+        else:
+            assert r["accuracy"] is None and f"K={r['K']}, N={r['N']}" in err
+    # truncation changes no arithmetic; local blocks change it
+    assert rows[1, 1]["macs"] == rows[2, 1]["macs"] != rows[2, 2]["macs"]
+    assert doc["info"]["dataset"] == "cifar10-sample"
+    for name in ("design_space.csv", "design_space.png", "design_space_costs.png"):
+        assert (tmp_path / name).stat().st_size > 0 and str(tmp_path / name) in out
+
+
+@pytest.mark.parametrize("args, message", [(["--K", "1,5", "--T", "4"], "--K 5 is longer"),
+                                           (["--N", "7"], "at most 3 local blocks")])
+def test_cli_design_space_checks_its_grid(tmp_path, capsys, args, message):
+    code, _, err = study_here(["design-space", "--width", "0.25", "--out", str(tmp_path / "o"),
+                               *args], capsys)
+    assert code == 1 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_method_specs():
+    parse = common.parse_method_spec
+    assert parse("bptt") == ("bptt", "bptt", "m", None, 1)
+    assert parse("rate") == ("rate", "rate_m", "m", None, 1)
+    assert parse("rate_s:N=3") == ("rate_s:N=3", "rate_s", "s", None, 3)
+    assert parse("local") == ("local", "bptt", "m", None, 2)
+    assert parse("tbptt:K=2:N=2:mode=s") == ("tbptt:K=2:N=2:mode=s", "tbptt", "s", 2, 2)
+    assert parse("tbptt:K=8").kwargs(4) == {"window": 4}          # a window holds at most T
+    assert parse("local:N=3").kwargs(4) == {"local_blocks": 3}
+    assert parse("bptt:mode=s").kwargs(4) == {}                    # today's make_method suffices
+
+
+def test_progress_line_at_least_every_heartbeat(monkeypatch, capsys):
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    bar = common.Bar("study")
+    bar(0, 2, cell="a")
+    for step in range(1, 30):                 # a long cell: one call per training step, 1 s each
+        clock[0] += 1
+        bar(0, 2, cell="a", train_step=step)
+    bar(1, 2, cell="b")                       # a new cell: a line at once
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 + 29 // common.HEARTBEAT_S + 1, lines
+    assert "train_step 10" in lines[1] and "cell b" in lines[-1]
 
 
 def test_cli_firing_bad_checkpoint_gives_one_line(tmp_path, monkeypatch, capsys):
