@@ -1,0 +1,166 @@
+"""Data-parallel training over MPI (mpi4py): one process per rank, one model copy each.
+
+    mpirun -n N python train.py ...
+
+Every rank builds the same model from the same seed and reads the same global batch; rank r
+keeps its own contiguous shard of it (`shard`), so the data order is that of one process with
+the global batch. After each backward the gradients are all-reduced and averaged
+(`average_gradients`): with shards of equal size b = B/N and the loss a mean over the shard,
+
+    (1/N) Σ_r ∇ L_r = ∇ (1/B) Σ_samples loss  = the single-process gradient,
+
+provided every layer computes on its shard what it would on the whole batch. All layers but
+batchnorm work sample by sample; batchnorm's statistics are made statistics of the global batch
+by `sync_batchnorm` (the sums in minirate/layers/batchnorm.py go through `allreduce_sum`).
+
+Only this module imports mpi4py, and only when the process was started by an MPI launcher with
+more than one rank (the launcher's environment says so: PMI_SIZE for MPICH's Hydra and Slurm,
+OMPI_COMM_WORLD_SIZE for Open MPI, MV2_COMM_WORLD_SIZE for MVAPICH). Otherwise `world()` is a
+single process, every reduction is the identity, and nothing extra is imported.
+
+Arrays: NumPy buffers are reduced in place by MPI. CuPy buffers are copied to the host, reduced
+there and copied back (the MPI from PyPI is not CUDA-aware).
+
+A rank that stops: every reduction waits at most `timeout` seconds (a non-blocking all-reduce
+polled against a deadline, since a blocking MPI call cannot be interrupted); then
+`DistributedError` says which reduction got no answer, and `fail` prints one line and exits,
+which makes the launcher stop the other ranks.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+from .backend import get_array_module, to_numpy
+from .layers.batchnorm import BatchNorm1d, BatchNorm2d
+
+# environment variables through which launchers tell a process the number of ranks
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+DEFAULT_TIMEOUT = 300.0
+
+
+class DistributedError(RuntimeError):
+    """MPI cannot be used, or another rank stopped answering."""
+
+
+def launched_size():
+    """Number of ranks the MPI launcher started (1 when not started by one)."""
+    for name in SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return int(value)
+    return 1
+
+
+def world(timeout=DEFAULT_TIMEOUT):
+    """The Communicator of this process: all ranks under `mpirun -n N` (N > 1), else one."""
+    size = launched_size()
+    if size == 1:
+        return Communicator()
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise DistributedError(f"started with {size} MPI ranks, but mpi4py cannot be imported "
+                               f"({e}); install it with: pip install -r requirements-mpi.txt"
+                               ) from None
+    return Communicator(MPI.COMM_WORLD, timeout)
+
+
+class Communicator:
+    """This rank's view of the data-parallel group: `rank`, `size`, and sums over the ranks.
+
+    `mpi_comm` None: a single process (rank 0 of 1), every reduction returns its input.
+    `bytes_reduced` counts the payload this rank has put into all-reduces.
+    """
+
+    def __init__(self, mpi_comm=None, timeout=DEFAULT_TIMEOUT):
+        self.mpi_comm = mpi_comm
+        self.rank = 0 if mpi_comm is None else mpi_comm.Get_rank()
+        self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
+        self.timeout = float(timeout)
+        self.bytes_reduced = 0
+
+    # -- reductions -------------------------------------------------------------------------
+    def allreduce_sum(self, a, what="all-reduce"):
+        """Σ over ranks of array `a` (any shape), as a new array of `a`'s module and dtype."""
+        if self.size == 1:
+            return a
+        xp = get_array_module(a)
+        send = np.ascontiguousarray(to_numpy(a))
+        recv = np.empty_like(send)
+        self._wait(self.mpi_comm.Iallreduce(send, recv), what)
+        self.bytes_reduced += send.nbytes
+        return recv if xp is np else xp.asarray(recv)
+
+    def _wait(self, request, what):
+        """Complete a non-blocking request, or raise DistributedError after `timeout` s."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.0
+        while not request.Test():
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"no answer from the other ranks within {self.timeout:g} s "
+                    f"({what}); one of them has probably stopped")
+            time.sleep(pause)                       # spin first, then back off to 1 ms
+            pause = min(1e-3, pause + 1e-5)
+
+    def sum_numbers(self, *values):
+        """Σ over ranks of a few Python numbers (float64), as a tuple of floats."""
+        if self.size == 1:
+            return tuple(float(v) for v in values)
+        return tuple(float(v) for v in self.allreduce_sum(np.array(values, dtype=np.float64),
+                                                          "sum of counters"))
+
+    def average_gradients(self, params):
+        """g ← (1/N) Σ_r g_r for every gradient of `params` (name, p, g, decay), in place.
+
+        All gradients travel in one flat buffer: one all-reduce per step.
+        """
+        if self.size == 1:
+            return
+        grads = [g for _, _, g, _ in params]
+        xp = get_array_module(grads[0])
+        flat = xp.concatenate([g.ravel() for g in grads])
+        flat = self.allreduce_sum(flat, "gradient all-reduce") / self.size
+        i = 0
+        for g in grads:
+            g[...] = flat[i:i + g.size].reshape(g.shape)
+            i += g.size
+
+    # -- data ---------------------------------------------------------------------------------
+    def shard_bounds(self, n):
+        """[lo, hi) of this rank's contiguous share of n items (sizes differ by at most one)."""
+        return n * self.rank // self.size, n * (self.rank + 1) // self.size
+
+    def shard(self, a):
+        """This rank's part of a global batch along axis 0."""
+        lo, hi = self.shard_bounds(len(a))
+        return a[lo:hi]
+
+    # -- stopping -------------------------------------------------------------------------------
+    def fail(self, message, code=1):
+        """Print one line on stderr and end this process at once.
+
+        With several ranks an error seen by all of them would print N lines: the other ranks
+        wait a moment so that rank 0, when it has the error too, ends the run first (the
+        launcher then stops them); a rank that alone has an error still reports it.
+        """
+        if self.size > 1 and self.rank != 0:
+            time.sleep(1.0)
+        prefix = f"rank {self.rank}: " if self.size > 1 else ""
+        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
+        if self.size == 1:
+            sys.exit(code)
+        sys.stdout.flush()
+        os._exit(code)            # no MPI_Finalize: the others may be inside a reduction
+
+
+def sync_batchnorm(model, comm):
+    """Synchronised batchnorm: every batchnorm layer of `model` takes its statistics over all
+    ranks (per-channel sums through comm.allreduce_sum). Nothing to do for one process."""
+    if comm.size == 1:
+        return
+    for _, module in model.named_modules():
+        if isinstance(module, (BatchNorm1d, BatchNorm2d)):
+            module.reduce_sum = lambda a: comm.allreduce_sum(a, "batchnorm statistics")

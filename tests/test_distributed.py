@@ -1,0 +1,115 @@
+"""Data-parallel training: two MPI ranks against one process, a rank that dies, and one process
+without MPI (minirate/distributed.py).
+
+The two-rank tests start `mpirun -n 2` in a subprocess with a timeout; they are skipped, saying
+why, where mpi4py or an MPI launcher is missing (pip install -r requirements-mpi.txt).
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minirate.distributed import Communicator, sync_batchnorm
+from minirate.layers.batchnorm import BatchNorm2d
+from tests.nets import tiny_resnet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _without_launcher_env():
+    return {k: v for k, v in os.environ.items()
+            if k not in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")}
+
+
+def _mpirun():
+    """Path of mpirun, or skip the test naming what is missing."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        pytest.skip("mpi4py is not installed (pip install -r requirements-mpi.txt)")
+    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
+    if launcher is None:
+        pytest.skip("no mpirun/mpiexec on PATH (pip install -r requirements-mpi.txt)")
+    return launcher
+
+
+def _run(args, timeout=120, env=None):
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env or _without_launcher_env())
+
+
+def test_two_ranks_match_one_process():
+    """bptt (m, s), rate_m, rate_s: averaged gradients of the first step and weights plus
+    batchnorm running statistics after 3 SGD steps equal one process's on the whole batch to
+    1e-10 (float64), and differ without synchronised batchnorm (checked in the worker)."""
+    r = _run([_mpirun(), "-n", "2", sys.executable, "-m", "tests.mpi_worker", "same"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(" ok") == 2, r.stdout
+
+
+def test_a_dead_rank_ends_the_others_with_one_line():
+    """Rank 1 exits mid-run without a word; rank 0, inside a reduction, ends after its timeout
+    with one line. Hydra's -disable-auto-cleanup keeps the launcher from killing rank 0 itself,
+    as a launcher that does not watch its ranks would."""
+    launcher = _mpirun()
+    version = _run([launcher, "--version"], timeout=30).stdout
+    env = dict(_without_launcher_env(), MINIRATE_MPI_TIMEOUT="2")
+    if "HYDRA" in version:
+        args = [launcher, "-disable-auto-cleanup", "-n", "2"]
+    else:
+        args = [launcher, "-n", "2"]
+    r = _run(args + [sys.executable, "-m", "tests.mpi_worker", "die"], timeout=60, env=env)
+    assert r.returncode != 0
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    if "HYDRA" in version:
+        assert errors == ["error: rank 0: no answer from the other ranks within 2 s "
+                          "(batchnorm statistics); one of them has probably stopped"], r.stderr
+    assert "Traceback" not in r.stderr
+    # with the launcher's own clean-up (the default) the run ends at once as well
+    r = _run([launcher, "-n", "2", sys.executable, "-m", "tests.mpi_worker", "die"], timeout=60,
+             env=env)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_one_process_imports_nothing_and_changes_nothing():
+    code = ("import sys; from minirate.distributed import world; c = world(); "
+            "print(c.rank, c.size, 'mpi4py' in sys.modules)")
+    r = _run([sys.executable, "-c", code], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "1", "False"]
+    comm = Communicator()
+    a = np.arange(5.0)
+    assert comm.allreduce_sum(a) is a
+    assert comm.shard(a) is not None and np.array_equal(comm.shard(a), a)
+    net = tiny_resnet()
+    sync_batchnorm(net, comm)
+    assert all(m.reduce_sum is None for _, m in net.named_modules() if isinstance(m, BatchNorm2d))
+    grads = [g.copy() for _, _, g, _ in net.parameters()]
+    comm.average_gradients(net.parameters())
+    assert all(np.array_equal(a, g) for a, (_, _, g, _) in zip(grads, net.parameters()))
+
+
+def test_launched_without_mpi4py_says_what_to_install():
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "from minirate.distributed import world, DistributedError\n"
+            "try:\n    world()\nexcept DistributedError as e:\n    print(e)")
+    r = _run([sys.executable, "-c", code], timeout=60,
+             env=dict(_without_launcher_env(), PMI_SIZE="2", PMI_RANK="0"))
+    assert "started with 2 MPI ranks, but mpi4py cannot be imported" in r.stdout
+    assert "requirements-mpi.txt" in r.stdout
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_shards_cover_the_batch_in_order(n):
+    """The shards of all ranks, in rank order, are the global batch: the data order of one
+    process."""
+    parts = []
+    for rank in range(3):
+        c = Communicator()
+        c.rank, c.size = rank, 3
+        parts.append(c.shard(np.arange(n)))
+    assert np.array_equal(np.concatenate(parts), np.arange(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
