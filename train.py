@@ -19,11 +19,12 @@ import time
 import numpy as np
 
 from minirate.backend import DEVICES, DeviceError, get_xp, synchronize, to_numpy
-from minirate.cli import ArgumentParser, finite_float, positive_int
+from minirate.cli import ArgumentParser, finite_float, positive_float, positive_int
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import DatasetError, load_cifar
 from minirate.data.loader import Loader
+from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.methods import METHODS, make_method, predict
@@ -42,6 +43,7 @@ DEFAULTS = dict(
     crop=True, flip=True, cutout=0, autoaugment=False,
     data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
+    sync_bn=True, mpi_timeout=300.0,
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
@@ -111,6 +113,11 @@ def parse_args(argv=None):
     g.add_argument("--device", choices=DEVICES, default=d["device"])
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"])
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
+    g = p.add_argument_group("data-parallel (mpirun -n N python train.py ...)")
+    g.add_argument("--sync-bn", action=on_off, default=d["sync_bn"],
+                   help="batchnorm statistics over the global batch, summed over all ranks")
+    g.add_argument("--mpi-timeout", type=positive_float, default=d["mpi_timeout"],
+                   help="seconds a rank waits for the others in a reduction before giving up")
     args = p.parse_args(argv)
     for name in ("max_steps", "save_every", "cutout", "seed"):
         if getattr(args, name) < 0:
@@ -136,18 +143,26 @@ def structural_mismatch(saved, cfg):
 def main(argv=None):
     cfg = parse_args(argv)
     np.seterr(all="ignore")   # divergence is detected below and reported once, with its step
-    print("config:", json.dumps(cfg, sort_keys=True), flush=True)
+    comm = world(cfg["mpi_timeout"])     # one process unless started by mpirun -n N, N > 1
+    lead = comm.rank == 0                # only rank 0 prints and writes files
+
+    def log(*args, **kwargs):
+        if lead:
+            print(*args, **kwargs, flush=True)
+
+    log("config:", json.dumps(cfg, sort_keys=True))
     xp = get_xp(cfg["device"])
     dtype = np.dtype(cfg["dtype"])
 
-    # -- output folder: fail before any work if it cannot be written ----------------------
+    # -- output folder: fail before any work if it cannot be written (rank 0 alone writes) --
     out = cfg["out"]
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        if lead:
+            os.makedirs(out, exist_ok=True)
+            probe = os.path.join(out, f".write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
     except OSError as e:
         raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
     last_path, best_path = os.path.join(out, "last.npz"), os.path.join(out, "best.npz")
@@ -165,6 +180,9 @@ def main(argv=None):
     test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False, seed=cfg["seed"],
                          dataset=cfg["dataset"])
     steps_per_epoch = len(train_loader)
+    if cfg["batch_size"] % comm.size:
+        raise UsageError(f"--batch-size {cfg['batch_size']} (the global batch) must be a "
+                         f"multiple of the {comm.size} ranks")
 
     # -- model --------------------------------------------------------------------------------
     neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
@@ -172,10 +190,15 @@ def main(argv=None):
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
     model.to(xp, dtype)
+    if cfg["sync_bn"]:
+        sync_batchnorm(model, comm)
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
-    print(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
-          f"T={cfg['T']}, {steps_per_epoch} steps/epoch, device {cfg['device']}", flush=True)
+    log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
+        f"T={cfg['T']}, {steps_per_epoch} steps/epoch, device {cfg['device']}")
+    if comm.size > 1:
+        log(f"data-parallel: {comm.size} ranks, {cfg['batch_size'] // comm.size} images each "
+            f"per step, batchnorm {'synchronised' if cfg['sync_bn'] else 'per rank'}")
 
     # -- optimizer ------------------------------------------------------------------------------
     params = model.parameters()
@@ -196,10 +219,13 @@ def main(argv=None):
         model.eval()
         correct = n = 0
         for xb, yb in test_loader.iter_epoch(0):
-            logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
-            correct += int((to_numpy(logits).argmax(1) == yb).sum())
-            n += len(yb)
+            xb, yb = comm.shard(xb), comm.shard(yb)      # each rank its part of the test set
+            if len(yb):
+                logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
+                correct += int((to_numpy(logits).argmax(1) == yb).sum())
+                n += len(yb)
         model.train()
+        correct, n = comm.sum_numbers(correct, n)
         return correct / max(n, 1)
 
     # -- resume ---------------------------------------------------------------------------------
@@ -208,7 +234,7 @@ def main(argv=None):
     if resume == "auto":
         resume = last_path if os.path.exists(last_path) else ""
         if not resume:
-            print(f"resume auto: no checkpoint in {out}, starting fresh", flush=True)
+            log(f"resume auto: no checkpoint in {out}, starting fresh")
     if resume:
         arrays, meta = load_checkpoint(resume)
         if "config" not in meta or "position" not in meta:
@@ -216,23 +242,31 @@ def main(argv=None):
         why = structural_mismatch(meta["config"], cfg)
         if why:
             raise UsageError(f"cannot resume from {resume}: {why}")
+        if meta.get("world_size", 1) != comm.size:
+            raise UsageError(f"cannot resume from {resume}: it was written by a run over "
+                             f"{meta.get('world_size', 1)} rank(s), this run has {comm.size}; "
+                             f"resume with the same mpirun -n")
         try:
             model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
             opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
         except StateDictError as e:
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update(meta["position"])
-        print(f"resumed from {resume} at epoch {pos['epoch']}, batch {pos['batch']}, "
-              f"step {pos['step']}", flush=True)
+        log(f"resumed from {resume} at epoch {pos['epoch']}, batch {pos['batch']}, "
+            f"step {pos['step']}")
 
     def save(path):
+        if not lead:                 # every rank holds the same weights: rank 0 writes them
+            return
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
-        save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos)})
+        save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos),
+                                       "world_size": comm.size})
 
-    with open(os.path.join(out, "config.json.tmp"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
+    if lead:
+        with open(os.path.join(out, "config.json.tmp"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
     logged_epochs = set()        # whole epochs already in the metrics log (when resuming)
     if resume and os.path.exists(metrics_path):
         logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
@@ -248,12 +282,18 @@ def main(argv=None):
         while pos["epoch"] < cfg["epochs"] and not done:
             epoch = pos["epoch"]
             bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg['epochs']}",
-                           enabled=cfg["progress"])
+                           enabled=cfg["progress"] and lead)
             t0, images = time.perf_counter(), 0
             for xb, yb in train_loader.iter_epoch(epoch, pos["batch"]):
                 opt.lr = lr_at(pos["step"])
                 model.zero_grad()
+                xb, yb = comm.shard(xb), comm.shard(yb)      # this rank's part of the batch
                 loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
+                comm.average_gradients(params)                # all ranks: the same gradient
+                # loss and hits of the global batch, so every rank decides the same below
+                loss, hits, n = comm.sum_numbers(loss * len(yb),
+                                                 (to_numpy(logits).argmax(1) == yb).sum(), len(yb))
+                loss = loss / n
                 grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
                 opt.step()
                 # spikes can hide a diverged network (NaN >= θ is False): check weights too
@@ -266,10 +306,10 @@ def main(argv=None):
                         f"stopped, last good checkpoint kept at {last_path}")
                 pos["step"] += 1
                 pos["batch"] += 1
-                pos["loss_sum"] += loss * len(yb)
-                pos["correct"] += int((to_numpy(logits).argmax(1) == yb).sum())
-                pos["seen"] += len(yb)
-                images += len(yb)
+                pos["loss_sum"] += loss * n
+                pos["correct"] += int(hits)
+                pos["seen"] += int(n)
+                images += int(n)
                 synchronize(xp)
                 rate = images / (time.perf_counter() - t0)
                 bar.update(pos["batch"], loss=pos["loss_sum"] / pos["seen"],
@@ -295,20 +335,21 @@ def main(argv=None):
                 pos["best_acc"] = test_acc
             # log first, then save: a kill in between repeats this epoch's end on resume, and
             # the repeated record (identical) is not written twice
-            if (epoch + 1) not in logged_epochs or not epoch_done:
+            if lead and ((epoch + 1) not in logged_epochs or not epoch_done):
                 append_jsonl(metrics_path, record)
             if improved:
                 save(best_path)
             save(last_path)
-            print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
-                  f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s", flush=True)
+            log(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} "
+                f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
+                f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s")
     except KeyboardInterrupt:
         save(last_path)
-        print(f"\ninterrupted: saved {last_path} at step {pos['step']}; "
-              f"continue with --resume {last_path}", file=sys.stderr, flush=True)
+        if lead:
+            print(f"\ninterrupted: saved {last_path} at step {pos['step']}; "
+                  f"continue with --resume {last_path}", file=sys.stderr, flush=True)
         return 130
-    print(f"done: best test accuracy {pos['best_acc']:.4f}; checkpoints in {out}", flush=True)
+    log(f"done: best test accuracy {pos['best_acc']:.4f}; checkpoints in {out}")
     return 0
 
 
@@ -316,6 +357,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
-            FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            FloatingPointError, DistributedError) as e:
+        fail(str(e))

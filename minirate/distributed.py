@@ -138,22 +138,36 @@ class Communicator:
         lo, hi = self.shard_bounds(len(a))
         return a[lo:hi]
 
-    # -- stopping -------------------------------------------------------------------------------
-    def fail(self, message, code=1):
-        """Print one line on stderr and end this process at once.
 
-        With several ranks an error seen by all of them would print N lines: the other ranks
-        wait a moment so that rank 0, when it has the error too, ends the run first (the
-        launcher then stops them); a rank that alone has an error still reports it.
-        """
-        if self.size > 1 and self.rank != 0:
-            time.sleep(1.0)
-        prefix = f"rank {self.rank}: " if self.size > 1 else ""
-        print(f"error: {prefix}{message}", file=sys.stderr, flush=True)
-        if self.size == 1:
-            sys.exit(code)
-        sys.stdout.flush()
-        os._exit(code)            # no MPI_Finalize: the others may be inside a reduction
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def launched_rank():
+    """This process's rank as the MPI launcher told it (0 when not started by one)."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def fail(message, code=1):
+    """Print `error: message` as one line on stderr and end this process.
+
+    Under MPI an error that every rank meets would print N lines: the ranks other than 0 wait a
+    moment, so that rank 0, when it has the error too, ends the run first (the launcher then
+    stops the rest); a rank that alone has an error still reports it. The exit skips
+    MPI_Finalize, which would wait for ranks that may be inside a reduction.
+    """
+    size, rank = launched_size(), launched_rank()
+    if size == 1:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(code)
+    if rank != 0:
+        time.sleep(1.0)
+    print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
 
 
 def sync_batchnorm(model, comm):

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from minirate.distributed import DistributedError, sync_batchnorm, world
+from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.methods import make_method
 from minirate.optim import SGD
 from tests.nets import tiny_resnet
@@ -81,7 +81,7 @@ def die(comm):
             method.step(comm.shard(x), comm.shard(y))
             comm.average_gradients(net.parameters())
     except DistributedError as e:
-        comm.fail(str(e))
+        fail(str(e))
 
 
 if __name__ == "__main__":

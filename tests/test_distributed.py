@@ -113,3 +113,36 @@ def test_shards_cover_the_batch_in_order(n):
         parts.append(c.shard(np.arange(n)))
     assert np.array_equal(np.concatenate(parts), np.arange(n))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_train_script_over_two_ranks(tmp_path):
+    """train.py under mpirun -n 2: the weights of one process (float64), one metrics line from
+    rank 0 only, resuming over the same number of ranks, and a clear refusal for another."""
+    launcher = _mpirun()
+    args = ["--dataset", "cifar10-sample", "--arch", "small", "--width", "0.25", "--T", "2",
+            "--batch-size", "8", "--epochs", "1", "--dtype", "float64", "--method", "bptt",
+            "--eval-batch-size", "100", "--no-progress"]
+    train = [sys.executable, os.path.join(ROOT, "train.py")] + args
+    two = [launcher, "-n", "2"] + train
+    one_out, two_out = tmp_path / "one", tmp_path / "two"
+    r = _run(train + ["--max-steps", "2", "--out", str(one_out)])
+    assert r.returncode == 0, r.stderr
+    r = _run(two + ["--max-steps", "2", "--out", str(two_out)])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("done:") == 1 and "2 ranks, 4 images each" in r.stdout
+    a, b = np.load(one_out / "last.npz"), np.load(two_out / "last.npz")
+    weights = [k for k in a.files if k.startswith("model/")]
+    assert len(weights) > 20
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in weights) <= 1e-10
+    assert len((two_out / "metrics.jsonl").read_text().splitlines()) == 1
+    # same number of ranks: continues
+    r = _run(two + ["--max-steps", "3", "--out", str(two_out), "--resume", "auto"])
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr
+    # another number of ranks: one line naming both
+    r = _run(two + ["--max-steps", "3", "--out", str(one_out), "--resume", "auto"])
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "over 1 rank(s), this run has 2" in lines[0], r.stderr
+    # a global batch that cannot be split evenly
+    r = _run(two + ["--batch-size", "7", "--out", str(tmp_path / "odd")])
+    assert r.returncode != 0 and "multiple of the 2 ranks" in r.stderr
