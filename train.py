@@ -23,6 +23,7 @@ from minirate.cli import ArgumentParser, finite_float, positive_float, positive_
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import DatasetError, load_cifar
+from minirate.data.imagenet import ImageFolderLoader, load_imagenet
 from minirate.data.loader import Loader
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.layers.base import StateDictError
@@ -33,7 +34,7 @@ from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
 
 # -- config -------------------------------------------------------------------------------
-DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}
+DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10, "imagenet": None}  # None: folders
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,
@@ -43,7 +44,7 @@ DEFAULTS = dict(
     crop=True, flip=True, cutout=0, autoaugment=False,
     data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
-    sync_bn=True, mpi_timeout=300.0,
+    sync_bn=True, mpi_timeout=300.0, workers=4, image_size=224,
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
@@ -101,6 +102,10 @@ def parse_args(argv=None):
     g.add_argument("--cutout", type=int, default=d["cutout"], help="Cutout size in px (0 = off)")
     g.add_argument("--autoaugment", action=on_off, default=d["autoaugment"],
                    help="AutoAugment CIFAR-10 policy")
+    g.add_argument("--workers", type=int, default=d["workers"],
+                   help="imagenet: JPEG-decoding processes per rank (0 = in the training process)")
+    g.add_argument("--image-size", type=positive_int, default=d["image_size"],
+                   help="imagenet: crop size; evaluation resizes the shorter side to size*256/224")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=d["out"], help="folder for checkpoints and metrics")
     g.add_argument("--resume", default=d["resume"], help="checkpoint path, or 'auto' = OUT/last.npz")
@@ -119,7 +124,7 @@ def parse_args(argv=None):
     g.add_argument("--mpi-timeout", type=positive_float, default=d["mpi_timeout"],
                    help="seconds a rank waits for the others in a reduction before giving up")
     args = p.parse_args(argv)
-    for name in ("max_steps", "save_every", "cutout", "seed"):
+    for name in ("max_steps", "save_every", "cutout", "seed", "workers"):
         if getattr(args, name) < 0:
             p.error(f"argument --{name.replace('_', '-')}: must be >= 0")
     if args.lr <= 0:
@@ -169,16 +174,33 @@ def main(argv=None):
     metrics_path = os.path.join(out, "metrics.jsonl")
 
     # -- data -------------------------------------------------------------------------------
-    x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
-                                                     download=cfg["download"])
+    if cfg["dataset"] == "imagenet":   # JPEG folders; each rank decodes only its shard
+        x_train, y_train, x_test, y_test, classes = load_imagenet(cfg["data_dir"])
+        num_classes = len(classes)
+        size = cfg["image_size"]
+        resize = round(size * 256 / 224)
+        train_loader = ImageFolderLoader(x_train, y_train, cfg["batch_size"], train=True,
+                                         seed=cfg["seed"], size=size, resize=resize,
+                                         workers=cfg["workers"], shard=comm.shard_bounds)
+        test_loader = ImageFolderLoader(x_test, y_test, cfg["eval_batch_size"], train=False,
+                                        size=size, resize=resize, workers=cfg["workers"],
+                                        shard=comm.shard_bounds)
+
+        def shard(a):                # the loaders already give this rank's part
+            return a
+    else:
+        x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
+                                                         download=cfg["download"])
+        num_classes = DATASETS[cfg["dataset"]]
+        train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
+                              crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
+                              autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
+        test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False,
+                             seed=cfg["seed"], dataset=cfg["dataset"])
+        shard = comm.shard           # every rank builds the global batch and keeps its part
     if cfg["batch_size"] > len(x_train):
         raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
                          f"{len(x_train)} training images")
-    train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
-                          crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
-                          autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
-    test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False, seed=cfg["seed"],
-                         dataset=cfg["dataset"])
     steps_per_epoch = len(train_loader)
     if cfg["batch_size"] % comm.size:
         raise UsageError(f"--batch-size {cfg['batch_size']} (the global batch) must be a "
@@ -188,7 +210,7 @@ def main(argv=None):
     neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
                   v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
-    model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
+    model = build_model(cfg["arch"], num_classes, cfg["width"], neuron, cfg["seed"])
     model.to(xp, dtype)
     if cfg["sync_bn"]:
         sync_batchnorm(model, comm)
@@ -219,7 +241,7 @@ def main(argv=None):
         model.eval()
         correct = n = 0
         for xb, yb in test_loader.iter_epoch(0):
-            xb, yb = comm.shard(xb), comm.shard(yb)      # each rank its part of the test set
+            xb, yb = shard(xb), shard(yb)                # each rank its part of the test set
             if len(yb):
                 logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
                 correct += int((to_numpy(logits).argmax(1) == yb).sum())
@@ -287,7 +309,7 @@ def main(argv=None):
             for xb, yb in train_loader.iter_epoch(epoch, pos["batch"]):
                 opt.lr = lr_at(pos["step"])
                 model.zero_grad()
-                xb, yb = comm.shard(xb), comm.shard(yb)      # this rank's part of the batch
+                xb, yb = shard(xb), shard(yb)                # this rank's part of the batch
                 loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
                 comm.average_gradients(params)                # all ranks: the same gradient
                 # loss and hits of the global batch, so every rank decides the same below

@@ -146,3 +146,23 @@ def test_train_script_over_two_ranks(tmp_path):
     # a global batch that cannot be split evenly
     r = _run(two + ["--batch-size", "7", "--out", str(tmp_path / "odd")])
     assert r.returncode != 0 and "multiple of the 2 ranks" in r.stderr
+
+
+def test_imagenet_over_two_ranks_matches_one_process(tmp_path):
+    """Each rank decodes only its shard of every ImageNet batch (per-image seeds): the trained
+    weights are one process's (sew_resnet34, rate_m, float64)."""
+    from tests.test_imagenet import make_imagenet
+    launcher = _mpirun()
+    data = make_imagenet(str(tmp_path / "imagenet"), n_train=4, n_val=2)
+    train = [sys.executable, os.path.join(ROOT, "train.py"), "--dataset", "imagenet",
+             "--data-dir", data, "--arch", "sew_resnet34", "--width", "0.0625", "--image-size",
+             "32", "--T", "2", "--batch-size", "4", "--epochs", "1", "--workers", "1",
+             "--method", "rate_m", "--dtype", "float64", "--no-progress"]
+    r = _run(train + ["--out", str(tmp_path / "one")])
+    assert r.returncode == 0, r.stderr
+    r = _run([launcher, "-n", "2"] + train + ["--out", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr
+    a, b = np.load(tmp_path / "one" / "last.npz"), np.load(tmp_path / "two" / "last.npz")
+    weights = [k for k in a.files if k.startswith("model/")]
+    assert "model/layer4.0.downsample.0.weight" in weights
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in weights) <= 1e-10

@@ -139,3 +139,22 @@ def test_corrupt_image_names_the_file(tmp_path):
     loader = ImageFolderLoader(paths, y, 4, train=True, size=8, resize=9, workers=1)
     with pytest.raises(DatasetError, match="cannot decode image .*broken.JPEG"):
         list(loader.iter_epoch(0))
+
+
+def test_train_script_on_an_imagenet_folder(tmp_path, folder):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, os.path.join(root, "train.py"), "--dataset", "imagenet",
+            "--data-dir", folder, "--arch", "preact_resnet34", "--width", "0.0625",
+            "--image-size", "32", "--T", "2", "--batch-size", "4", "--epochs", "1",
+            "--workers", "0", "--method", "bptt", "--no-progress", "--out", str(tmp_path / "o")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "3 steps/epoch" in r.stdout and (tmp_path / "o" / "last.npz").exists()
+    r = subprocess.run(args[:-2] + ["--workers", "-1"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--workers" in r.stderr
+    r = subprocess.run(args[:5] + [str(tmp_path / "none")] + args[6:], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: ImageNet folder")
