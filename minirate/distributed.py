@@ -18,6 +18,9 @@ more than one rank (the launcher's environment says so: PMI_SIZE for MPICH's Hyd
 OMPI_COMM_WORLD_SIZE for Open MPI, MV2_COMM_WORLD_SIZE for MVAPICH). Otherwise `world()` is a
 single process, every reduction is the identity, and nothing extra is imported.
 
+CPU threads: the ranks on one node split its cores (backend.share_cores), unless
+MINIRATE_NUM_THREADS is set.
+
 Arrays: NumPy buffers are reduced in place by MPI. CuPy buffers are copied to the host, reduced
 there and copied back (the MPI from PyPI is not CUDA-aware).
 
@@ -32,11 +35,13 @@ import time
 
 import numpy as np
 
-from .backend import get_array_module, to_numpy
+from .backend import get_array_module, share_cores, to_numpy
 from .layers.batchnorm import BatchNorm1d, BatchNorm2d
 
 # environment variables through which launchers tell a process the number of ranks
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# ... and the number of ranks on this node
+LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -64,6 +69,8 @@ def world(timeout=DEFAULT_TIMEOUT):
         raise DistributedError(f"started with {size} MPI ranks, but mpi4py cannot be imported "
                                f"({e}); install it with: pip install -r requirements-mpi.txt"
                                ) from None
+    local = [os.environ[v] for v in LOCAL_SIZE_VARIABLES if os.environ.get(v, "").isdigit()]
+    share_cores(int(local[0]) if local else size)     # the ranks on this node split its cores
     return Communicator(MPI.COMM_WORLD, timeout)
 
 
@@ -71,7 +78,8 @@ class Communicator:
     """This rank's view of the data-parallel group: `rank`, `size`, and sums over the ranks.
 
     `mpi_comm` None: a single process (rank 0 of 1), every reduction returns its input.
-    `bytes_reduced` counts the payload this rank has put into all-reduces.
+    `bytes_reduced` counts the payload this rank has put into all-reduces, `seconds_reducing` the
+    time it spent in them (waiting for the slowest rank included).
     """
 
     def __init__(self, mpi_comm=None, timeout=DEFAULT_TIMEOUT):
@@ -80,6 +88,7 @@ class Communicator:
         self.size = 1 if mpi_comm is None else mpi_comm.Get_size()
         self.timeout = float(timeout)
         self.bytes_reduced = 0
+        self.seconds_reducing = 0.0
 
     # -- reductions -------------------------------------------------------------------------
     def allreduce_sum(self, a, what="all-reduce"):
@@ -89,7 +98,9 @@ class Communicator:
         xp = get_array_module(a)
         send = np.ascontiguousarray(to_numpy(a))
         recv = np.empty_like(send)
+        t0 = time.perf_counter()
         self._wait(self.mpi_comm.Iallreduce(send, recv), what)
+        self.seconds_reducing += time.perf_counter() - t0
         self.bytes_reduced += send.nbytes
         return recv if xp is np else xp.asarray(recv)
 
