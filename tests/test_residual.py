@@ -26,14 +26,14 @@ def _net(block, seed=0):
     def make_neuron():
         return LIF(surrogate="sigmoid", alpha=2.0, smooth=True, detach_reset=False)
 
-    stem = [("conv1", Conv2d(3, 3, 3, 1, 1, bias=False, rng=rng)), ("bn1", BatchNorm2d(3))]
+    stem = [("conv1", Conv2d(3, 2, 3, 1, 1, bias=False, rng=rng)), ("bn1", BatchNorm2d(2))]
     if block is SEWBlock:
         stem.append(("sn1", make_neuron()))
     net = Net(stem + [("maxpool", MaxPool2d(3, 2, 1)),
-                      ("layer1", Sequential(block(3, 4, 2, make_neuron, rng),
-                                            block(4, 4, 1, make_neuron, rng))),
+                      ("layer1", Sequential(block(2, 3, 2, make_neuron, rng),
+                                            block(3, 3, 1, make_neuron, rng))),
                       ("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
-                      ("fc", Linear(4, 5, rng=rng))])
+                      ("fc", Linear(3, 5, rng=rng))])
     net.to(np, np.float64)
     for _, m in net.named_modules():
         if isinstance(m, BatchNorm2d):
@@ -42,8 +42,7 @@ def _net(block, seed=0):
     return net
 
 
-@pytest.mark.parametrize("block, step_mode", [(SEWBlock, "m"), (PreActBlock, "m"),
-                                               (PreActBlock, "s")])
+@pytest.mark.parametrize("block, step_mode", [(SEWBlock, "m"), (PreActBlock, "s")])
 def test_whole_network_gradients(block, step_mode):
     rng = np.random.default_rng(1)
     net = _net(block)
