@@ -8,7 +8,8 @@ with the machine's cores split evenly between the ranks (backend.share_cores). P
 N: the median of --repeats timed steps after one warm-up step (forward, backward, all-reduce,
 SGD update), the time inside all-reduces, and the bytes one rank puts into them per step
 (gradients, and batchnorm statistics), side by side in one Markdown table. "In all-reduce"
-includes waiting for the slower rank; "alone" is the gradient all-reduce after a barrier. Then the on-paper
+includes waiting for the slower rank; "alone" is the gradient all-reduce after a
+barrier. Then the on-paper
 estimate for 8 GPUs: the gradient bytes of resnet18 and sew_resnet34 and a ring all-reduce's
 time at PCIe and NVLink speeds.
 """

@@ -68,8 +68,8 @@ def main():
                     n += len(x)
                 rate = n / (time.perf_counter() - t0)
                 assert first[0].shape[1:] == (3, 224, 224)
-                print(f"| {'train (RandomResizedCrop + flip)' if is_train else 'eval (resize + crop)'}"
-                      f" | {w} | {rate:.0f} | {rate / w:.0f} |")
+                name = "train (RandomResizedCrop + flip)" if is_train else "eval (resize + crop)"
+                print(f"| {name} | {w} | {rate:.0f} | {rate / w:.0f} |")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ from .layers.batchnorm import BatchNorm1d, BatchNorm2d
 # environment variables through which launchers tell a process the number of ranks
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 # ... and the number of ranks on this node
-LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                        "MV2_COMM_WORLD_LOCAL_SIZE")
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -108,13 +109,20 @@ class Communicator:
         """Complete a non-blocking request, or raise DistributedError after `timeout` s."""
         deadline = time.monotonic() + self.timeout
         pause = 0.0
-        while not request.Test():
+        while not self._test(request, what):
             if time.monotonic() > deadline:
                 raise DistributedError(
                     f"no answer from the other ranks within {self.timeout:g} s "
                     f"({what}); one of them has probably stopped")
             time.sleep(pause)                       # spin first, then back off to 1 ms
             pause = min(1e-3, pause + 1e-5)
+
+    def _test(self, request, what):
+        """request.Test(), an MPI failure (a rank's connection lost) as DistributedError."""
+        try:
+            return request.Test()
+        except Exception as e:            # mpi4py's MPI.Exception: the MPI library's own error
+            raise DistributedError(f"{what} failed: {str(e).splitlines()[0]}") from None
 
     def sum_numbers(self, *values):
         """Σ over ranks of a few Python numbers (float64), as a tuple of floats."""

@@ -30,9 +30,10 @@ def _mpirun():
         import mpi4py  # noqa: F401
     except ImportError:
         pytest.skip("mpi4py is not installed (pip install -r requirements-mpi.txt)")
-    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
+    here = os.path.join(os.path.dirname(sys.executable), "mpirun")  # the MPI of this Python
+    launcher = here if os.access(here, os.X_OK) else shutil.which("mpirun")
     if launcher is None:
-        pytest.skip("no mpirun/mpiexec on PATH (pip install -r requirements-mpi.txt)")
+        pytest.skip("no mpirun beside Python or on PATH (pip install -r requirements-mpi.txt)")
     return launcher
 
 

@@ -205,7 +205,8 @@ def batchnorm_backward(dy, cache, reduce_sum=None):
     # x̃ · dγ = x̂ · dγ − x_hat_mean · dγ: the per-channel part joins dβ, no extra full-size array
     offset = dbeta_all if cache.x_hat_mean is None else dbeta_all - cache.x_hat_mean * dgamma_all
     per_dy, per_xc, per_one = (_per_channel(v, dy) for v in
-                               (scale, scale * inv_std * dgamma_all / n_all, scale * offset / n_all))
+                               (scale, scale * inv_std * dgamma_all / n_all,
+                                scale * offset / n_all))
     dx = xp.empty_like(dy)
 
     def grad(a, b):                       # dx for these samples
