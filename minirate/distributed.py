@@ -70,9 +70,18 @@ def world(timeout=DEFAULT_TIMEOUT):
         raise DistributedError(f"started with {size} MPI ranks, but mpi4py cannot be imported "
                                f"({e}); install it with: pip install -r requirements-mpi.txt"
                                ) from None
+    sys.excepthook = _exit_on_uncaught                # a crash must not wait in MPI_Finalize
     local = [os.environ[v] for v in LOCAL_SIZE_VARIABLES if os.environ.get(v, "").isdigit()]
     share_cores(int(local[0]) if local else size)     # the ranks on this node split its cores
     return Communicator(MPI.COMM_WORLD, timeout)
+
+
+def _exit_on_uncaught(kind, value, tb):
+    """Under MPI: print the traceback and exit at once. A normal exit would call MPI_Finalize,
+    which waits for the other ranks while they wait in a reduction for this one."""
+    sys.__excepthook__(kind, value, tb)
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class Communicator:

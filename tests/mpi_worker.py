@@ -4,6 +4,7 @@
                                         few SGD steps equal one process's on the whole batch
     python -m tests.mpi_worker die      rank 1 stops without a word after one step; rank 0 must
                                         end with one line instead of waiting for ever
+    python -m tests.mpi_worker crash    rank 1 raises an uncaught exception: the run ends at once
 
 Prints `rank R ok` on success; any failed check raises (non-zero exit).
 """
@@ -84,7 +85,13 @@ def die(comm):
         fail(str(e))
 
 
+def crash(comm):
+    if comm.rank == 1:
+        raise RuntimeError("a bug on rank 1")
+    comm.allreduce_sum(np.ones(3))
+
+
 if __name__ == "__main__":
     comm = world(timeout=float(os.environ.get("MINIRATE_MPI_TIMEOUT", "300")))
     assert comm.size == 2, f"run me with mpirun -n 2, got {comm.size} rank(s)"
-    {"same": same, "die": die}[sys.argv[1]](comm)
+    {"same": same, "die": die, "crash": crash}[sys.argv[1]](comm)

@@ -75,6 +75,9 @@ def test_a_dead_rank_ends_the_others_with_one_line():
     r = _run([launcher, "-n", "2", sys.executable, "-m", "tests.mpi_worker", "die"], timeout=60,
              env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr
+    # an uncaught exception on rank 1: its traceback, and no wait (the timeout is 300 s here)
+    r = _run([launcher, "-n", "2", sys.executable, "-m", "tests.mpi_worker", "crash"], timeout=60)
+    assert r.returncode != 0 and "RuntimeError: a bug on rank 1" in r.stderr
 
 
 def test_one_process_imports_nothing_and_changes_nothing():
