@@ -27,7 +27,8 @@ there and copied back (the MPI from PyPI is not CUDA-aware).
 A rank that stops: every reduction waits at most `timeout` seconds (a non-blocking all-reduce
 polled against a deadline, since a blocking MPI call cannot be interrupted); then
 `DistributedError` says which reduction got no answer, and `fail` prints one line and exits,
-which makes the launcher stop the other ranks.
+which makes the launcher stop the other ranks. An uncaught exception under MPI prints its
+traceback and exits at once too (no MPI_Finalize, which would wait for the others).
 """
 import os
 import sys
