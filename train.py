@@ -25,7 +25,9 @@ from minirate.cli import (ArgumentParser, finite_float, nonnegative_float, nonne
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import SPECS, DatasetError, load_cifar
+from minirate.data.imagenet import ImageFolderLoader, load_imagenet
 from minirate.data.loader import Loader
+from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
@@ -36,7 +38,8 @@ from minirate.progress import Progress
 from minirate.rundir import RunDirError, RunLock, holds_run, remove_stale_temporaries
 
 # -- config -------------------------------------------------------------------------------
-DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}   # name -> classes
+DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10,   # name -> classes
+            "imagenet": None}                                          # None: its folders
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,
@@ -47,6 +50,7 @@ DEFAULTS = dict(
     data_dir="data", download=True, out="runs/default", resume="", overwrite=False,
     max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
+    sync_bn=True, mpi_timeout=300.0, workers=4, image_size=224,
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
@@ -119,6 +123,10 @@ def parse_args(argv=None):
                    help="Cutout size in px, at most 32 (0 = off)")
     g.add_argument("--autoaugment", action=on_off, default=d["autoaugment"],
                    help="AutoAugment CIFAR-10 policy")
+    g.add_argument("--workers", type=nonnegative_int, default=d["workers"],
+                   help="imagenet: JPEG-decoding processes per rank (0 = in the training process)")
+    g.add_argument("--image-size", type=positive_int, default=d["image_size"],
+                   help="imagenet: crop size; evaluation resizes the shorter side to size*256/224")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=d["out"], help="folder for checkpoints and metrics")
     g.add_argument("--resume", default=d["resume"], help="checkpoint path, or 'auto' = OUT/last.npz")
@@ -136,6 +144,11 @@ def parse_args(argv=None):
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                    help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
+    g = p.add_argument_group("data-parallel (mpirun -n N python train.py ...)")
+    g.add_argument("--sync-bn", action=on_off, default=d["sync_bn"],
+                   help="batchnorm statistics over the global batch, summed over all ranks")
+    g.add_argument("--mpi-timeout", type=positive_float, default=d["mpi_timeout"],
+                   help="seconds a rank waits for the others in a reduction before giving up")
     cfg = vars(p.parse_args(argv))
     why = option_conflict(cfg)
     if why:
@@ -200,69 +213,101 @@ def position_problem(pos, steps_per_epoch, epochs):
 def main(argv=None):
     cfg = parse_args(argv)
     np.seterr(all="ignore")   # divergence is detected below and reported once, with its step
-    print("config:", json.dumps(cfg, sort_keys=True), flush=True)
+    comm = world(cfg["mpi_timeout"])     # one process unless started by mpirun -n N, N > 1
+    lead = comm.rank == 0                # only rank 0 prints and writes files
+
+    def log(*args, **kwargs):
+        if lead:
+            print(*args, **kwargs, flush=True)
+
+    log("config:", json.dumps(cfg, sort_keys=True))
     xp = get_xp(cfg["device"])
     dtype = np.dtype(cfg["dtype"])
+
+    # -- data -------------------------------------------------------------------------------
+    if cfg["dataset"] == "imagenet":   # JPEG folders; each rank decodes only its shard
+        x_train, y_train, x_test, y_test, classes = load_imagenet(cfg["data_dir"])
+        num_classes = len(classes)
+        size = cfg["image_size"]
+        resize = round(size * 256 / 224)
+        train_loader = ImageFolderLoader(x_train, y_train, cfg["batch_size"], train=True,
+                                         seed=cfg["seed"], size=size, resize=resize,
+                                         workers=cfg["workers"], shard=comm.shard_bounds)
+        test_loader = ImageFolderLoader(x_test, y_test, cfg["eval_batch_size"], train=False,
+                                        size=size, resize=resize, workers=cfg["workers"],
+                                        shard=comm.shard_bounds)
+        title = f"ImageNet folders in {cfg['data_dir']}"
+
+        def shard(a):                # the loaders already give this rank's part
+            return a
+    else:
+        x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
+                                                         download=cfg["download"],
+                                                         progress=cfg["progress"] and lead)
+        num_classes = DATASETS[cfg["dataset"]]
+        train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
+                              crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
+                              autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
+        test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False,
+                             seed=cfg["seed"], dataset=cfg["dataset"])
+        title = SPECS[cfg["dataset"]]["title"]
+        shard = comm.shard           # every rank builds the global batch and keeps its part
+    if cfg["batch_size"] > len(x_train):
+        raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
+                         f"{len(x_train)} training images")
+    if cfg["batch_size"] % comm.size:
+        raise UsageError(f"--batch-size {cfg['batch_size']} (the global batch) must be a "
+                         f"multiple of the {comm.size} ranks")
+    steps_per_epoch = len(train_loader)
 
     # -- model ----------------------------------------------------------------------------------
     neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
                   v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     try:
-        model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron,
-                            cfg["seed"])
+        model = build_model(cfg["arch"], num_classes, cfg["width"], neuron, cfg["seed"])
     except ValueError as e:
         raise UsageError(str(e)) from None
     model.to(xp, dtype)
+    if cfg["sync_bn"]:
+        sync_batchnorm(model, comm)
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
+    n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
+    log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, T={cfg['T']}, "
+        f"{title}: {len(x_train)} training and {len(x_test)} test images, {steps_per_epoch} "
+        f"steps/epoch, device {cfg['device']}")
+    if comm.size > 1:
+        log(f"data-parallel: {comm.size} ranks, {cfg['batch_size'] // comm.size} images each "
+            f"per step, batchnorm {'synchronised' if cfg['sync_bn'] else 'per rank'}")
 
-    # -- output folder: one run at a time, never replaced by accident --------------------------
+    # -- output folder: one run at a time, never replaced by accident (rank 0 alone writes) ---
     out = cfg["out"]
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
     last_path, best_path = os.path.join(out, "last.npz"), os.path.join(out, "best.npz")
     metrics_path = os.path.join(out, "metrics.jsonl")
-    lock = RunLock(out)
-    if lock.previous_owner:
-        print(f"took over the stale lock of a run that is no longer running "
-              f"({lock.previous_owner})", flush=True)
-    removed = remove_stale_temporaries(out)
-    if removed:
-        print(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}",
-              flush=True)
     resume = cfg["resume"]
     if resume == "auto":
         resume = last_path if os.path.exists(last_path) else ""
         if not resume:
-            print(f"resume auto: no checkpoint in {out}, starting fresh", flush=True)
-    if holds_run(out) and not resume and not cfg["overwrite"]:
-        raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
-                         f"or replace it with --overwrite")
-
-    # -- data -------------------------------------------------------------------------------
-    x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
-                                                     download=cfg["download"],
-                                                     progress=cfg["progress"])
-    if cfg["batch_size"] > len(x_train):
-        raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
-                         f"{len(x_train)} training images")
-    train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
-                          crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
-                          autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
-    test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False, seed=cfg["seed"],
-                         dataset=cfg["dataset"])
-    steps_per_epoch = len(train_loader)
-    n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
-    print(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
-          f"T={cfg['T']}, {SPECS[cfg['dataset']]['title']}: {len(x_train)} training and "
-          f"{len(x_test)} test images, {steps_per_epoch} steps/epoch, device {cfg['device']}",
-          flush=True)
+            log(f"resume auto: no checkpoint in {out}, starting fresh")
+    if lead:
+        try:
+            os.makedirs(out, exist_ok=True)
+            probe = os.path.join(out, f".write-test-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        lock = RunLock(out)
+        if lock.previous_owner:
+            log(f"took over the stale lock of a run that is no longer running "
+                f"({lock.previous_owner})")
+        removed = remove_stale_temporaries(out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
+        if holds_run(out) and not resume and not cfg["overwrite"]:
+            raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
+                             f"or replace it with --overwrite")
 
     # -- optimizer ------------------------------------------------------------------------------
     params = model.parameters()
@@ -283,16 +328,19 @@ def main(argv=None):
         model.eval()
         correct = n = 0
         bar = Progress(len(test_loader), f"eval   {epoch}/{cfg['epochs']}",
-                       enabled=cfg["progress"])
+                       enabled=cfg["progress"] and lead)
         for i, (xb, yb) in enumerate(test_loader.iter_epoch(0), start=1):
             if stop.requested:
                 break
-            logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
-            correct += int((to_numpy(logits).argmax(1) == yb).sum())
-            n += len(yb)
-            bar.update(i, acc=correct / n)
+            xb, yb = shard(xb), shard(yb)                # each rank its part of the test set
+            if len(yb):
+                logits = predict(model, xp.asarray(xb, dtype=dtype), cfg["T"])
+                correct += int((to_numpy(logits).argmax(1) == yb).sum())
+                n += len(yb)
+            bar.update(i, acc=correct / max(n, 1))
         bar.close()
         model.train()
+        correct, n = comm.sum_numbers(correct, n)
         return correct / max(n, 1)
 
     # -- resume: everything is checked before anything on disk changes -------------------------
@@ -304,6 +352,10 @@ def main(argv=None):
         why = structural_mismatch(meta["config"], cfg)
         if why:
             raise UsageError(f"cannot resume from {resume}: {why}")
+        if meta.get("world_size", 1) != comm.size:
+            raise UsageError(f"cannot resume from {resume}: it was written by a run over "
+                             f"{meta.get('world_size', 1)} rank(s), this run has {comm.size}; "
+                             f"resume with the same mpirun -n")
         why = position_problem(meta["position"], steps_per_epoch, cfg["epochs"])
         if why:
             raise CheckpointError(f"cannot resume from {resume}: its saved position is damaged "
@@ -314,40 +366,54 @@ def main(argv=None):
         except StateDictError as e:
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update({k: meta["position"][k] for k in pos})
-        print(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
-              f"{steps_per_epoch} steps done, step {pos['step']} in all", flush=True)
-    elif cfg["overwrite"]:
+        log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
+            f"{steps_per_epoch} steps done, step {pos['step']} in all")
+    elif cfg["overwrite"] and lead:
         for f in (metrics_path, best_path):     # the old run's; last.npz is replaced atomically
             if os.path.exists(f):
                 os.remove(f)
 
     def save(path):
+        if not lead:                 # every rank holds the same weights: rank 0 writes them
+            return
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
-        save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos)})
+        save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos),
+                                       "world_size": comm.size})
 
-    with open(os.path.join(out, "config.json.tmp"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
+    if lead:
+        with open(os.path.join(out, "config.json.tmp"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
     logged_epochs = set()        # whole epochs already in the metrics log (when resuming)
     if resume and os.path.exists(metrics_path):
         logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
 
-    # -- loop: Ctrl-C / SIGTERM stop after the current step (minirate/interrupt.py) ---------------
+    # -- loop: Ctrl-C / SIGTERM stop after the current step (minirate/interrupt.py); under MPI
+    #    the ranks agree on it through the per-step sum, so they all stop at the same step -------
     max_steps = cfg["max_steps"]
     done = max_steps and pos["step"] >= max_steps
+    stopping = False
     with GracefulStop() as stop:
         try:
-            while pos["epoch"] < cfg["epochs"] and not done and not stop.requested:
+            while pos["epoch"] < cfg["epochs"] and not done and not stopping:
                 epoch = pos["epoch"] + 1                 # 1-based in every message and record
                 bar = Progress(steps_per_epoch, f"epoch  {epoch}/{cfg['epochs']}",
-                               enabled=cfg["progress"])
+                               enabled=cfg["progress"] and lead)
                 t_train, images = 0.0, 0
                 for xb, yb in train_loader.iter_epoch(epoch - 1, pos["batch"]):
                     t0 = time.perf_counter()
+                    xb, yb = shard(xb), shard(yb)                # this rank's part of the batch
                     opt.lr = lr_at(pos["step"])
                     model.zero_grad()
                     loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
+                    comm.average_gradients(params)                # all ranks: the same gradient
+                    # loss and hits of the global batch, and whether any rank was asked to stop:
+                    # every rank decides the same below
+                    loss, hits, n, stops = comm.sum_numbers(
+                        loss * len(yb), (to_numpy(logits).argmax(1) == yb).sum(), len(yb),
+                        stop.requested)
+                    loss, stopping = loss / n, stops > 0
                     grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
                     opt.step()
                     # spikes can hide a diverged network (NaN >= θ is False): check weights too
@@ -362,10 +428,10 @@ def main(argv=None):
                             f"stopped, {kept}")
                     pos["step"] += 1
                     pos["batch"] += 1
-                    pos["loss_sum"] += loss * len(yb)
-                    pos["correct"] += int((to_numpy(logits).argmax(1) == yb).sum())
-                    pos["seen"] += len(yb)
-                    images += len(yb)
+                    pos["loss_sum"] += loss * n
+                    pos["correct"] += int(hits)
+                    pos["seen"] += int(n)
+                    images += int(n)
                     synchronize(xp)
                     t_train += time.perf_counter() - t0
                     bar.update(pos["batch"], loss=pos["loss_sum"] / pos["seen"],
@@ -375,14 +441,15 @@ def main(argv=None):
                         save(last_path)
                     if max_steps and pos["step"] >= max_steps:
                         done = True
-                    if done or stop.requested:
+                    if done or stopping:
                         break
                 bar.close()
-                if stop.requested:
+                if stopping:
                     break
                 epoch_done = pos["batch"] >= steps_per_epoch
                 test_acc = evaluate(epoch, stop)
-                if stop.requested:      # an evaluation cut short is redone on resume
+                stopping = comm.sum_numbers(stop.requested)[0] > 0
+                if stopping:            # an evaluation cut short is redone on resume
                     break
                 record = dict(epoch=epoch, step=pos["step"], partial=not epoch_done,
                               train_loss=pos["loss_sum"] / max(pos["seen"], 1),
@@ -396,27 +463,26 @@ def main(argv=None):
                     pos["best_acc"] = test_acc
                 # log first, then save: a kill in between repeats this epoch's end on resume, and
                 # the repeated record (identical) is not written twice
-                if epoch not in logged_epochs or not epoch_done:
+                if lead and (epoch not in logged_epochs or not epoch_done):
                     append_jsonl(metrics_path, record)
                 if improved:
                     save(best_path)
                 save(last_path)
                 part = "" if epoch_done else f" (partial: {pos['batch']}/{steps_per_epoch} steps)"
-                print(f"epoch {epoch}/{cfg['epochs']}{part}: train loss {record['train_loss']:.4f} "
-                      f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
-                      f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s training",
-                      flush=True)
-            if stop.requested:
+                log(f"epoch {epoch}/{cfg['epochs']}{part}: train loss {record['train_loss']:.4f} "
+                    f"acc {record['train_acc']:.4f}  test acc {test_acc:.4f}  "
+                    f"(best {pos['best_acc']:.4f})  {record['img_per_s']} img/s training")
+            if stopping:
                 save(last_path)
-                print(f"interrupted: saved {last_path} at step {pos['step']} (epoch "
-                      f"{pos['epoch'] + 1}, {pos['batch']}/{steps_per_epoch} steps); continue "
-                      f"with --resume auto", file=sys.stderr, flush=True)
+                log(f"interrupted: saved {last_path} at step {pos['step']} (epoch "
+                    f"{pos['epoch'] + 1}, {pos['batch']}/{steps_per_epoch} steps); continue "
+                    f"with --resume auto", file=sys.stderr)
                 return 130
         except KeyboardInterrupt:
             print("\ninterrupted again: quit without saving the current step; the checkpoint "
                   "on disk is unchanged", file=sys.stderr, flush=True)
             return 130
-    print(f"done: best test accuracy {pos['best_acc']:.4f}; checkpoints in {out}", flush=True)
+    log(f"done: best test accuracy {pos['best_acc']:.4f}; checkpoints in {out}")
     return 0
 
 
@@ -424,9 +490,8 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
-            RunDirError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+            RunDirError, FloatingPointError, DistributedError) as e:
+        fail(str(e))
     except KeyboardInterrupt:      # before the training loop: nothing was written yet
         print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)

@@ -119,6 +119,19 @@ def set_cpu_threads(n):
         _cpu["pool"] = None
 
 
+def share_cores(n_processes):
+    """This process shares the machine's cores with n_processes − 1 others (data-parallel ranks
+    on one node): cpu_threads() becomes cores // n_processes, unless MINIRATE_NUM_THREADS says
+    otherwise, and with one thread left BLAS is held to one thread too (several ranks each
+    running a BLAS pool as wide as the machine would oversubscribe it many times over)."""
+    if os.environ.get("MINIRATE_NUM_THREADS", "").isdigit():
+        return
+    n = max(1, _available_cores() // max(1, int(n_processes)))
+    set_cpu_threads(n)
+    if n == 1 and ThreadpoolController is not None and _cpu["blas"] is None:
+        _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
+
+
 MIN_THREAD_BYTES = 2**20   # a thread takes a range only if it holds this many bytes of work
 
 

@@ -7,6 +7,13 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   avg_pool (AdaptiveAvgPool2d(1)), flatten, classifier.{0, 1, 2 ...}
     vgg11 / vggsnn_cifar          feature.{k}: Conv2d(bias) - BatchNorm2d - LIF triplets and pools,
                                   flatten, classifier.{0 ...}
+    sew_resnet34                  conv1, bn1, sn1, maxpool, layer{1-4}.{j}.{conv1, bn1, sn1, conv2,
+                                  bn2, sn2, downsample.{0,1}, downsample_sn}, avgpool, flatten, fc
+                                  (SpikingJelly's sew_resnet34, ADD connection)
+    preact_resnet34               conv1, bn1, maxpool, layer{1-4}.{j}.{sn1, conv1, bn1, sn2, conv2,
+                                  bn2, downsample.{0,1}}, avgpool, flatten, fc
+    (the ImageNet models: 224x224 input, 7x7 stride-2 stem, 3x3 stride-2 max-pool, [3, 4, 6, 3]
+    blocks of 64, 128, 256, 512 channels; see minirate/layers/residual.py for the blocks)
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -20,7 +27,8 @@ from .layers.conv import Conv2d
 from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
-from .layers.pool import AdaptiveAvgPool2d, AvgPool2d
+from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .layers.residual import PreActBlock, SEWBlock
 
 
 class Net(Sequential):
@@ -76,7 +84,29 @@ def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng, in_channels):
                 ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))])
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar")
+def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, in_channels):
+    """ResNet-34 layout for 224x224 images: stem conv 7x7/2 - BN (- LIF) - max-pool 3x3/2, then
+    [3, 4, 6, 3] `block`s, global average pool and fc."""
+    c_in = _ch(64, width)
+    stem = [("conv1", Conv2d(in_channels, c_in, 7, 2, 3, bias=False, rng=rng)),
+            ("bn1", BatchNorm2d(c_in))]
+    if stem_neuron:
+        stem.append(("sn1", make_neuron()))
+    parts = stem + [("maxpool", MaxPool2d(3, 2, 1))]
+    for i, (n, c) in enumerate(zip([3, 4, 6, 3], [64, 128, 256, 512])):
+        c = _ch(c, width)
+        blocks = []
+        for j in range(n):
+            blocks.append(block(c_in, c, 2 if (j == 0 and i > 0) else 1, make_neuron, rng))
+            c_in = c
+        parts.append((f"layer{i + 1}", Sequential(*blocks)))
+    parts += [("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
+              ("fc", Linear(c_in, num_classes, rng=rng))]
+    return Net(parts)
+
+
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "sew_resnet34",
+         "preact_resnet34")
 
 
 def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
@@ -103,4 +133,9 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "vggsnn_cifar":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, ("AA", 3)]
         return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "sew_resnet34":
+        return _imagenet_resnet(SEWBlock, True, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "preact_resnet34":    # real-valued stem and stream, no final neuron
+        return _imagenet_resnet(PreActBlock, False, num_classes, width, make_neuron, rng,
+                                in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -29,6 +29,12 @@ and biased variance. Since ∂m/∂x_j = 1/n and ∂v/∂x_j = 2(x_j − m)/n,
 and (x − m) · s = x̂ − mean(x̂), where mean(x̂) = (m − μ_g) · s is one number per channel: that
 number (`x_hat_mean`) is all the straight-through backward keeps beyond x − μ and s. With μ_g = m,
 σ²_g = v it is 0 and dx is the ordinary batch-statistics derivative.
+
+Synchronised batchnorm (data-parallel training): when the batch is split over several processes,
+`reduce_sum` (a function: per-channel array -> its sum over all processes) makes every statistic
+one of the whole batch. Forward sums n and Σ x, then Σ (x − μ)²; backward sums n, Σ dy and
+Σ dy · (x − μ), so dx is the derivative over the whole batch. dγ, dβ stay this process's own sums:
+the gradient all-reduce adds them up with every other gradient.
 """
 from typing import NamedTuple
 
@@ -75,26 +81,47 @@ def _by_samples(fn, x):
     return cpu_map(fn, cpu_ranges(xp, x.shape[0], x.nbytes // max(1, x.shape[0])))
 
 
-def _centred_stats(x):
-    """(μ, σ², x − μ): per-channel mean, biased variance mean((x − μ)²), and the centred x.
+def _sum_over_processes(reduce_sum, n, *sums):
+    """(n, *sums) added up over every process by `reduce_sum`; unchanged when it is None.
+
+    One message: [n, sums...] in float64 (n exact far past float32's 2²⁴), cast back after.
+    """
+    if reduce_sum is None:
+        return (n,) + sums
+    xp = get_array_module(sums[0])
+    total = reduce_sum(xp.concatenate([xp.full(1, n, dtype=np.float64)] +
+                                      [v.astype(np.float64) for v in sums]))
+    C = sums[0].shape[0]
+    return (int(round(float(total[0]))),) + tuple(
+        total[1 + i * C:1 + (i + 1) * C].astype(v.dtype) for i, v in enumerate(sums))
+
+
+def _centred_stats(x, reduce_sum=None):
+    """(μ, σ², x − μ, n): per-channel mean, biased variance mean((x − μ)²), the centred x and the
+    number of values per channel, over every process when `reduce_sum` is given.
 
     Two passes over x plus the centred copy; see the module docstring for why not E[x²] − E[x]².
     """
     xp = get_array_module(x)
-    axes, n = _axes(x), _count(x)
-    mean = sum(_by_samples(lambda a, b: x[a:b].sum(axis=axes), x)) / n
+    axes = _axes(x)
+    n, total = _sum_over_processes(reduce_sum, _count(x),
+                                   sum(_by_samples(lambda a, b: x[a:b].sum(axis=axes), x)))
+    mean = total / n
     xc = xp.empty_like(x)
 
     def centre(a, b):                     # x − μ for these samples, and their Σ (x − μ)²
         xp.subtract(x[a:b], _per_channel(mean, x), out=xc[a:b])
         return _channel_dot(xc[a:b], xc[a:b])
 
-    return mean, sum(_by_samples(centre, x)) / n, xc
+    sq = sum(_by_samples(centre, x))
+    if reduce_sum is not None:
+        sq = _sum_over_processes(reduce_sum, 0, sq)[1]
+    return mean, sq / n, xc, n
 
 
-def batchnorm_stats(x):
+def batchnorm_stats(x, reduce_sum=None):
     """Per-channel mean μ and biased variance σ² = mean((x − μ)²), each (C,), dtype of x."""
-    mean, var, _ = _centred_stats(x)
+    mean, var, _, _ = _centred_stats(x, reduce_sum)
     return mean, var
 
 
@@ -138,7 +165,7 @@ def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=Non
     return y, BatchNormCache(xc, inv_std, gamma, bool(batch_stats), None)
 
 
-def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps):
+def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps, reduce_sum=None):
     """Straight-through statistics: y = γ (x − μ_g)/√(σ²_g + ε) + β with given (C,) μ_g, σ²_g.
 
     Backward is the derivative of the batch-statistics form (module docstring); for it this
@@ -146,13 +173,17 @@ def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps):
     """
     xp = get_array_module(x)
     y, cache = batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats=True)
-    m = xp.mean(x, axis=_axes(x))
+    n, x_sum = _sum_over_processes(reduce_sum, _count(x), xp.sum(x, axis=_axes(x)))
+    m = x_sum / n
     x_hat_mean = (m - mean.astype(x.dtype, copy=False)) * cache.inv_std
     return y, cache._replace(x_hat_mean=x_hat_mean)
 
 
-def batchnorm_backward(dy, cache):
+def batchnorm_backward(dy, cache, reduce_sum=None):
     """(dx, dγ, dβ) for any forward above; dy and dx like x, dγ and dβ (C,).
+
+    With `reduce_sum`, n, dβ and Σ dy · (x − μ) in dx are sums over every process (module
+    docstring); the dγ, dβ returned are this process's own.
 
         dβ = Σ dy,  dγ = Σ dy · x̂ = s Σ dy · (x − μ)
         constants:        dx = γ s dy
@@ -167,11 +198,15 @@ def batchnorm_backward(dy, cache):
     sums = _by_samples(lambda a, b: (dy[a:b].sum(axis=axes), _channel_dot(dy[a:b], xc[a:b])), dy)
     dbeta = sum(part[0] for part in sums)
     dgamma = sum(part[1] for part in sums) * inv_std
+    n_all, dbeta_all, dgamma_all = n, dbeta, dgamma
+    if cache.batch_stats and reduce_sum is not None:
+        n_all, dbeta_all, dgamma_all = _sum_over_processes(reduce_sum, n, dbeta, dgamma)
     scale = gamma.astype(dy.dtype, copy=False) * inv_std      # (C,) γ s
     # x̃ · dγ = x̂ · dγ − x_hat_mean · dγ: the per-channel part joins dβ, no extra full-size array
-    offset = dbeta if cache.x_hat_mean is None else dbeta - cache.x_hat_mean * dgamma
+    offset = dbeta_all if cache.x_hat_mean is None else dbeta_all - cache.x_hat_mean * dgamma_all
     per_dy, per_xc, per_one = (_per_channel(v, dy) for v in
-                               (scale, scale * inv_std * dgamma / n, scale * offset / n))
+                               (scale, scale * inv_std * dgamma_all / n_all,
+                                scale * offset / n_all))
     dx = xp.empty_like(dy)
 
     def grad(a, b):                       # dx for these samples
@@ -200,6 +235,9 @@ class _BatchNorm(Module):
         self.buffers["running_mean"] = np.zeros(num_features, dtype=np.float32)
         self.buffers["running_var"] = np.ones(num_features, dtype=np.float32)
         self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
+        # synchronised batchnorm: per-channel array -> its sum over every data-parallel process
+        # (minirate/distributed.py sets it); None: the statistics of this process's batch
+        self.reduce_sum = None
 
     def _check(self, x):
         if x.ndim not in self.ndims or x.shape[1] != self.num_features:
@@ -210,8 +248,14 @@ class _BatchNorm(Module):
     # -- the pieces, named from the maths ---------------------------------------------------
     def batch_stats(self, x):
         """Per-channel mean and biased variance of x, each (C,)."""
+        return self.batch_stats_count(x)[:2]
+
+    def batch_stats_count(self, x):
+        """(μ, σ², n): batch_stats and the number n of values per channel they are over (with
+        synchronised batchnorm, over every process: the n that `update_running` needs)."""
         self._check(x)
-        return batchnorm_stats(x)
+        mean, var, _, n = _centred_stats(x, self.reduce_sum)
+        return mean, var, n
 
     def update_running(self, mean, var, n):
         """Running-statistics update from a batch's μ and biased σ² over n values per channel."""
@@ -241,15 +285,15 @@ class _BatchNorm(Module):
         self._check(x)
         w, b = self.params["weight"], self.params["bias"]
         if self.training:
-            mean, var, xc = _centred_stats(x)
-            self.update_running(mean, var, _count(x))
+            mean, var, xc, n = _centred_stats(x, self.reduce_sum)
+            self.update_running(mean, var, n)
             return batchnorm_forward(x, w, b, mean, var, self.eps, batch_stats=True, x_centred=xc)
         return batchnorm_forward(x, w, b, self.buffers["running_mean"],
                                  self.buffers["running_var"], self.eps, batch_stats=False)
 
     def backward(self, dy, cache):
         """dx for `forward`'s cache; adds dγ, dβ into grads['weight'], grads['bias']."""
-        dx, dgamma, dbeta = batchnorm_backward(dy, cache)
+        dx, dgamma, dbeta = batchnorm_backward(dy, cache, self.reduce_sum)
         self.grads["weight"] += dgamma
         self.grads["bias"] += dbeta
         return dx
@@ -258,7 +302,7 @@ class _BatchNorm(Module):
         """Straight-through statistics: the value uses the given μ, σ²; running stats untouched."""
         self._check(x)
         return batchnorm_fixed_stats_forward(x, self.params["weight"], self.params["bias"],
-                                             mean, var, self.eps)
+                                             mean, var, self.eps, self.reduce_sum)
 
     def backward_fixed_stats(self, dy, cache):
         """dx for `forward_fixed_stats`'s cache (module docstring); adds dγ, dβ into grads."""

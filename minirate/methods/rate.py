@@ -29,6 +29,11 @@ rate_S ('s'): the spike pass steps the network T times, batchnorm normalising ea
     code keeps only the last step's statistics, both its mean μ_T and its variance σ²_T, and adds
     eps twice, normalising by sqrt(σ²_T + 2·eps); here every step counts, and eps once.)
 
+Data-parallel training with synchronised batchnorm (minirate/distributed.py): μ_s, σ²_s, and the
+batch mean the rate pass's straight-through backward needs, are statistics of the whole global
+batch, summed over every process. (The authors' public code keeps the spike-pass statistics per
+GPU; here they are those of the batch one process would see.)
+
 What is kept for backward (`kept_bytes`) is r, e per neuron, μ_s, σ²_s per channel and one
 single-step set of caches: nothing depends on T.
 """
@@ -66,8 +71,8 @@ class RateBP:
                 stats[layer] = (r, e)
                 return s
             if isinstance(layer, BN_TYPES):
-                mean, var = layer.batch_stats(h)
-                layer.update_running(mean, var, h.size // h.shape[1])
+                mean, var, n = layer.batch_stats_count(h)   # over all processes when synced
+                layer.update_running(mean, var, n)
                 stats[layer] = (mean, var)
                 return layer.normalize(h, mean, var)
             return layer.forward(h)[0]
@@ -83,8 +88,8 @@ class RateBP:
                 s, state[layer] = layer.rate_step(h, state.get(layer))
                 return s
             if isinstance(layer, BN_TYPES):
-                mean, var = layer.batch_stats(h)
-                layer.update_running(mean, var, h.size // h.shape[1])
+                mean, var, n = layer.batch_stats_count(h)   # over all processes when synced
+                layer.update_running(mean, var, n)
                 acc = sums.setdefault(layer, [0, 0])
                 acc[0] = acc[0] + mean
                 acc[1] = acc[1] + 1 / (var + layer.eps)

@@ -1,0 +1,93 @@
+"""The residual blocks of the ImageNet spiking ResNets: SEW (spike-element-wise) and pre-activation.
+
+SEW block (Fang et al., NeurIPS 2021), ADD connection, no neuron after the add:
+
+    s = LIF(BN2(conv2( LIF(BN1(conv1(x))) )))
+    y = s + shortcut(x),    shortcut(x) = x,  or LIF(BN(conv1x1_stride(x))) when the shape changes
+
+Both branches end in spikes, so y counts spikes (0, 1 or 2). Children, named as SpikingJelly's
+torch module: conv1, bn1, sn1, conv2, bn2, sn2, downsample (Sequential conv 1x1, BN), downsample_sn.
+
+Pre-activation block on a real-valued residual stream (no neuron on the stream itself):
+
+    a = LIF1(x)                                   the stream's spikes
+    y = BN2(conv2( LIF2(BN1(conv1(a))) )) + shortcut,
+    shortcut = x,  or BN(conv1x1_stride(a)) when the shape changes (spikes in, as every conv)
+
+Children: sn1, conv1, bn1, sn2, conv2, bn2, downsample (Sequential conv 1x1, BN).
+
+Backward: an add passes its gradient unchanged to both terms; a value used twice (x, a) gets the
+sum of the gradients of its uses.
+"""
+from .batchnorm import BatchNorm2d
+from .container import Container, Sequential, call, call_back
+from .conv import Conv2d
+
+
+def _downsample(in_channels, out_channels, stride, rng):
+    """conv 1x1 stride s (no bias) then BN, as torchvision's `downsample`."""
+    return Sequential(Conv2d(in_channels, out_channels, 1, stride, 0, bias=False, rng=rng),
+                      BatchNorm2d(out_channels))
+
+
+class SEWBlock(Container):
+    def __init__(self, in_channels, out_channels, stride, make_neuron, rng):
+        super().__init__()
+        self.conv1 = self.add_child("conv1", Conv2d(in_channels, out_channels, 3, stride, 1,
+                                                    bias=False, rng=rng))
+        self.bn1 = self.add_child("bn1", BatchNorm2d(out_channels))
+        self.sn1 = self.add_child("sn1", make_neuron())
+        self.conv2 = self.add_child("conv2", Conv2d(out_channels, out_channels, 3, 1, 1,
+                                                    bias=False, rng=rng))
+        self.bn2 = self.add_child("bn2", BatchNorm2d(out_channels))
+        self.sn2 = self.add_child("sn2", make_neuron())
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = self.add_child("downsample",
+                                             _downsample(in_channels, out_channels, stride, rng))
+            self.downsample_sn = self.add_child("downsample_sn", make_neuron())
+
+    def forward(self, x, run):
+        s = run(self.sn1, run(self.bn1, run(self.conv1, x)))
+        s = run(self.sn2, run(self.bn2, run(self.conv2, s)))
+        if self.downsample is None:
+            return s + x
+        return s + run(self.downsample_sn, call(self.downsample, x, run))
+
+    def backward(self, dy, back):
+        # children in exactly the reverse order of forward: shortcut first, then the main branch
+        if self.downsample is None:
+            dx = dy
+        else:
+            dx = call_back(self.downsample, back(self.downsample_sn, dy), back)
+        d = back(self.conv2, back(self.bn2, back(self.sn2, dy)))
+        return dx + back(self.conv1, back(self.bn1, back(self.sn1, d)))
+
+
+class PreActBlock(Container):
+    def __init__(self, in_channels, out_channels, stride, make_neuron, rng):
+        super().__init__()
+        self.sn1 = self.add_child("sn1", make_neuron())
+        self.conv1 = self.add_child("conv1", Conv2d(in_channels, out_channels, 3, stride, 1,
+                                                    bias=False, rng=rng))
+        self.bn1 = self.add_child("bn1", BatchNorm2d(out_channels))
+        self.sn2 = self.add_child("sn2", make_neuron())
+        self.conv2 = self.add_child("conv2", Conv2d(out_channels, out_channels, 3, 1, 1,
+                                                    bias=False, rng=rng))
+        self.bn2 = self.add_child("bn2", BatchNorm2d(out_channels))
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = self.add_child("downsample",
+                                             _downsample(in_channels, out_channels, stride, rng))
+
+    def forward(self, x, run):
+        a = run(self.sn1, x)
+        h = run(self.bn1, run(self.conv1, a))
+        h = run(self.bn2, run(self.conv2, run(self.sn2, h)))
+        return h + (x if self.downsample is None else call(self.downsample, a, run))
+
+    def backward(self, dy, back):
+        dx, da = (dy, 0) if self.downsample is None else (0, call_back(self.downsample, dy, back))
+        d = back(self.sn2, back(self.conv2, back(self.bn2, dy)))
+        da = da + back(self.conv1, back(self.bn1, d))
+        return dx + back(self.sn1, da)
