@@ -23,6 +23,7 @@ from minirate.cli import ArgumentParser, finite_float, positive_int
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import DatasetError, load_cifar
+from minirate.data.events import EVENT_DATASETS, SPLIT_NAMES, event_loaders
 from minirate.data.loader import Loader
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
@@ -33,6 +34,7 @@ from minirate.progress import Progress
 
 # -- config -------------------------------------------------------------------------------
 DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10}
+DATASETS.update(cifar10dvs=10, dvsgesture=11)          # event data: T frames of 2 polarities
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,
@@ -43,9 +45,11 @@ DEFAULTS = dict(
     data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
 )
+DEFAULTS.update(frame_size=48, split_by="count", event_split="", roll=5, cache_dir="")
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
+EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
 
 
 class UsageError(Exception):
@@ -99,6 +103,18 @@ def parse_args(argv=None):
     g.add_argument("--cutout", type=int, default=d["cutout"], help="Cutout size in px (0 = off)")
     g.add_argument("--autoaugment", action=on_off, default=d["autoaugment"],
                    help="AutoAugment CIFAR-10 policy")
+    g = p.add_argument_group("event data (cifar10dvs, dvsgesture)")
+    g.add_argument("--frame-size", type=positive_int, default=d["frame_size"],
+                   help="frames resized (bilinear) to N x N")
+    g.add_argument("--split-by", choices=("count", "time"), default=d["split_by"],
+                   help="events into T frames by equal event count or equal time")
+    g.add_argument("--event-split", default=d["event_split"],
+                   help="named train/test split: cifar10dvs 9:1 (default) or 8:2 per class; "
+                        "dvsgesture users")
+    g.add_argument("--roll", type=int, default=d["roll"],
+                   help="random circular shift of up to N px in x and y (0 = off)")
+    g.add_argument("--cache-dir", default=d["cache_dir"],
+                   help="folder of the HDF5 frame cache (default: --data-dir)")
     g = p.add_argument_group("run")
     g.add_argument("--out", default=d["out"], help="folder for checkpoints and metrics")
     g.add_argument("--resume", default=d["resume"], help="checkpoint path, or 'auto' = OUT/last.npz")
@@ -117,6 +133,16 @@ def parse_args(argv=None):
             p.error(f"argument --{name.replace('_', '-')}: must be >= 0")
     if args.lr <= 0:
         p.error("argument --lr: must be > 0")
+    if not 0 <= args.roll < args.frame_size:
+        p.error(f"argument --roll: must be in [0, --frame-size), got {args.roll}")
+    if args.arch == "vggsnn_dvs" and (args.dataset not in EVENT_DATASETS or args.frame_size != 48):
+        p.error("--arch vggsnn_dvs takes 48x48 event frames: --dataset cifar10dvs or dvsgesture "
+                "with --frame-size 48")
+    if args.dataset in EVENT_DATASETS and (args.cutout or args.autoaugment):
+        p.error("--cutout and --autoaugment are for images; event frames use --flip and --roll")
+    if args.event_split and args.event_split not in SPLIT_NAMES.get(args.dataset, ()):
+        p.error(f"argument --event-split: {args.event_split!r} is not a split of {args.dataset} "
+                f"({', '.join(SPLIT_NAMES.get(args.dataset, ())) or 'image data sets have none'})")
     return vars(args)
 
 
@@ -125,12 +151,25 @@ def weight_sum(params):
     return float(sum(p.sum(dtype="float64") for _, p, _, _ in params))
 
 
-def structural_mismatch(saved, cfg):
-    for k in STRUCTURAL:
+def structural_mismatch(saved, cfg, keys=STRUCTURAL):
+    for k in keys:
         if saved.get(k) != cfg[k]:
             return (f"checkpoint was trained with --{k.replace('_', '-')} {saved.get(k)}, "
                     f"this run asks for {cfg[k]}")
     return None
+
+
+def event_data(cfg):
+    """Loaders of an event data set: (T, B, 2, H, W) frames read per sample from the HDF5 cache
+    (built from the recordings in --data-dir on first use)."""
+    train, test = event_loaders(cfg["dataset"], cfg["data_dir"], cfg["T"], cfg["batch_size"],
+                                cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
+                                cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
+                                cfg["cache_dir"] or None, cfg["progress"])
+    if cfg["batch_size"] > len(train.index):
+        raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
+                         f"{len(train.index)} training samples")
+    return train, test
 
 
 def main(argv=None):
@@ -154,23 +193,28 @@ def main(argv=None):
     metrics_path = os.path.join(out, "metrics.jsonl")
 
     # -- data -------------------------------------------------------------------------------
-    x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
-                                                     download=cfg["download"])
-    if cfg["batch_size"] > len(x_train):
-        raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
-                         f"{len(x_train)} training images")
-    train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
-                          crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
-                          autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
-    test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False, seed=cfg["seed"],
-                         dataset=cfg["dataset"])
+    if cfg["dataset"] in EVENT_DATASETS:
+        train_loader, test_loader = event_data(cfg)
+    else:
+        x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
+                                                         download=cfg["download"])
+        if cfg["batch_size"] > len(x_train):
+            raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
+                             f"{len(x_train)} training images")
+        train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
+                              crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
+                              autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
+        test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False,
+                             seed=cfg["seed"], dataset=cfg["dataset"])
     steps_per_epoch = len(train_loader)
 
     # -- model --------------------------------------------------------------------------------
     neuron = dict(decay=cfg["decay"], threshold=cfg["threshold"], reset=cfg["reset"],
                   v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
-    model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
+    in_channels = 2 if cfg["dataset"] in EVENT_DATASETS else 3
+    model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"],
+                        in_channels)
     model.to(xp, dtype)
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
@@ -214,6 +258,8 @@ def main(argv=None):
         if "config" not in meta or "position" not in meta:
             raise CheckpointError(f"{resume} is not a training checkpoint of train.py")
         why = structural_mismatch(meta["config"], cfg)
+        if not why and cfg["dataset"] in EVENT_DATASETS:
+            why = structural_mismatch(meta["config"], cfg, EVENT_STRUCTURAL)
         if why:
             raise UsageError(f"cannot resume from {resume}: {why}")
         try:

@@ -7,6 +7,7 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   avg_pool (AdaptiveAvgPool2d(1)), flatten, classifier.{0, 1, 2 ...}
     vgg11 / vggsnn_cifar          feature.{k}: Conv2d(bias) - BatchNorm2d - LIF triplets and pools,
                                   flatten, classifier.{0 ...}
+    vggsnn_dvs                    the same for 48x48 event frames: a last 2x2 average pool to 3x3
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -72,7 +73,7 @@ def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng, in_channels):
                 ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))])
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar")
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs")
 
 
 def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
@@ -98,5 +99,8 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
         return _vgg(cfg, 1, num_classes, width, make_neuron, rng, in_channels)
     if arch == "vggsnn_cifar":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, ("AA", 3)]
+        return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "vggsnn_dvs":  # event frames (in_channels=2) at 48x48 -> 3x3 -> Linear(4608, K)
+        cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"]
         return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -1,0 +1,68 @@
+"""Events -> T frames of 2 polarity channels, then a bilinear resize.
+
+Integration (one `bincount`, no loop over events). With N events sorted by time, event i goes
+to frame k(i) and adds 1 at [k, p, y, x] (p = 0 OFF, 1 ON):
+
+    split_by='count' (the published recipe):  k(i) = min(i // (N // T), T - 1)
+        equal event counts, the last frame also taking the N mod T remainder;
+    split_by='time':  k(i) = min((t_i - t_0) // dt, T - 1),  dt = (t_last - t_0) // T
+        equal time slices, the last one closed at t_last.
+
+(SpikingJelly's "frames number" integration splits the same way, so frames match the
+published pipelines.) Fewer than T events: event i goes to frame i (count) and the rest stay 0.
+
+Resize: bilinear, half-pixel centres, no antialiasing -- what torchvision's Resize does on a
+float tensor (F.interpolate(mode='bilinear', align_corners=False)), which the rate-BP recipe
+applies to 128x128 CIFAR10-DVS frames to get 48x48. Output pixel o reads input position
+s = (o + 0.5) * in/out - 0.5 (clamped at 0) between its two neighbours, so it is a pair of
+matrices: out = R_y @ frame @ R_x^T.
+"""
+import numpy as np
+
+SPLITS = ("count", "time")
+
+
+def frame_index(t, T, split_by):
+    """Frame k(i) of each event (int64 (N,)), per the rules above; t sorted, int (N,)."""
+    n = len(t)
+    if split_by == "count":
+        return np.minimum(np.arange(n) // max(n // T, 1), T - 1)
+    if split_by == "time":
+        if n == 0:
+            return np.zeros(0, np.int64)
+        dt = max((int(t[-1]) - int(t[0])) // T, 1)
+        return np.minimum((t - t[0]) // dt, T - 1)
+    raise ValueError(f"unknown split {split_by!r}; choose one of {', '.join(SPLITS)}")
+
+
+def integrate(t, x, y, on, T, H, W, split_by="count"):
+    """Event counts per frame: float32 (T, 2, H, W); channel 0 OFF, channel 1 ON.
+
+    t, x, y, on: int arrays (N,) sorted by t; x in [0, W), y in [0, H), on in {0, 1}.
+    """
+    k = frame_index(np.asarray(t), T, split_by)
+    flat = ((k * 2 + on) * H + y) * W + x                     # index into (T, 2, H, W)
+    counts = np.bincount(flat, minlength=T * 2 * H * W)
+    return counts.astype(np.float32).reshape(T, 2, H, W)
+
+
+def bilinear_matrix(n_in, n_out):
+    """R (n_out, n_in): row o holds the two bilinear weights of output pixel o."""
+    s = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(s).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = s - i0
+    R = np.zeros((n_out, n_in))
+    np.add.at(R, (np.arange(n_out), i0), 1.0 - w1)
+    np.add.at(R, (np.arange(n_out), i1), w1)
+    return R
+
+
+def resize(frames, size):
+    """Bilinear resize of the last two axes: (..., H, W) -> (..., size, size), float32."""
+    H, W = frames.shape[-2:]
+    if (H, W) == (size, size):
+        return frames.astype(np.float32, copy=False)
+    Ry = bilinear_matrix(H, size).astype(np.float32)
+    Rx = bilinear_matrix(W, size).astype(np.float32)
+    return (Ry @ frames.astype(np.float32, copy=False) @ Rx.T).astype(np.float32, copy=False)
