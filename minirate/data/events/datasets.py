@@ -157,12 +157,14 @@ def read_events(name, recording):
         if name == "cifar10dvs":
             t, addr = read_aedat2(data)
             raw_x, raw_y, on, keep = decode_dvs128(addr)
-            x, y = cifar10dvs_xy(raw_x[keep], raw_y[keep])
-            t, on = t[keep], on[keep]
+            if not keep.all():                     # external events: rare, drop them
+                t, raw_x, raw_y, on = t[keep], raw_x[keep], raw_y[keep], on[keep]
+            x, y = cifar10dvs_xy(raw_x, raw_y)
         else:
             t, x, y, on = read_aedat3_polarity(data)
             keep = (x < SENSOR) & (y < SENSOR)
-            t, x, y, on = t[keep], x[keep], y[keep], on[keep]
+            if not keep.all():
+                t, x, y, on = t[keep], x[keep], y[keep], on[keep]
     except AedatError as e:
         raise DatasetError(f"{recording[-1]}: {e}") from None
     if len(t) > 1 and np.any(t[1:] < t[:-1]):

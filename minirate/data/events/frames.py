@@ -1,7 +1,7 @@
 """Events -> T frames of 2 polarity channels, then a bilinear resize.
 
-Integration (one `bincount`, no loop over events). With N events sorted by time, event i goes
-to frame k(i) and adds 1 at [k, p, y, x] (p = 0 OFF, 1 ON):
+Integration (a `bincount` per frame, no loop over events). With N events sorted by time, event
+i goes to frame k(i) and adds 1 at [k, p, y, x] (p = 0 OFF, 1 ON):
 
     split_by='count' (the published recipe):  k(i) = min(i // (N // T), T - 1)
         equal event counts, the last frame also taking the N mod T remainder;
@@ -22,28 +22,43 @@ import numpy as np
 SPLITS = ("count", "time")
 
 
-def frame_index(t, T, split_by):
-    """Frame k(i) of each event (int64 (N,)), per the rules above; t sorted, int (N,)."""
+def frame_bounds(t, T, split_by):
+    """Frame k holds events bounds[k] <= i < bounds[k+1] (int64 (T+1,)); t sorted, int (N,).
+
+    Both rules give contiguous runs of the time-sorted events:
+        count: bounds[k] = min(k * (N // T), N) for k < T (at least 1 event per frame step)
+        time:  bounds[k] = first i with t_i - t_0 >= k * dt, i.e. k(i) >= k
+    and bounds[T] = N (the last frame takes the remainder).
+    """
     n = len(t)
+    k = np.arange(T + 1)
     if split_by == "count":
-        return np.minimum(np.arange(n) // max(n // T, 1), T - 1)
-    if split_by == "time":
+        bounds = np.minimum(k * max(n // T, 1), n)
+    elif split_by == "time":
         if n == 0:
-            return np.zeros(0, np.int64)
+            return np.zeros(T + 1, np.int64)
         dt = max((int(t[-1]) - int(t[0])) // T, 1)
-        return np.minimum((t - t[0]) // dt, T - 1)
-    raise ValueError(f"unknown split {split_by!r}; choose one of {', '.join(SPLITS)}")
+        bounds = np.searchsorted(t, t[0] + k * dt, side="left")
+    else:
+        raise ValueError(f"unknown split {split_by!r}; choose one of {', '.join(SPLITS)}")
+    bounds[0], bounds[T] = 0, n
+    return bounds
 
 
 def integrate(t, x, y, on, T, H, W, split_by="count"):
     """Event counts per frame: float32 (T, 2, H, W); channel 0 OFF, channel 1 ON.
 
     t, x, y, on: int arrays (N,) sorted by t; x in [0, W), y in [0, H), on in {0, 1}.
+    One bincount per frame over its run of events (a loop over T, not over events: it keeps
+    every temporary at the size of one frame's events, which is what makes this fast).
     """
-    k = frame_index(np.asarray(t), T, split_by)
-    flat = ((k * 2 + on) * H + y) * W + x                     # index into (T, 2, H, W)
-    counts = np.bincount(flat, minlength=T * 2 * H * W)
-    return counts.astype(np.float32).reshape(T, 2, H, W)
+    bounds = frame_bounds(np.asarray(t), T, split_by)
+    out = np.empty((T, 2 * H * W), np.float32)
+    for k in range(T):
+        s = slice(bounds[k], bounds[k + 1])
+        pixel = (on[s].astype(np.int64) * H + y[s]) * W + x[s]      # index into (2, H, W)
+        out[k] = np.bincount(pixel, minlength=2 * H * W)
+    return out.reshape(T, 2, H, W)
 
 
 def bilinear_matrix(n_in, n_out):
