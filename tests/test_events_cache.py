@@ -17,7 +17,7 @@ from minirate.data.events import event_loaders
 from minirate.data.events.aedat2 import encode_dvs128, write_aedat2
 from minirate.data.events.cache import EventFrames, cache_name, convert
 from minirate.data.events.datasets import CIFAR10DVS_CLASSES, list_samples
-from minirate.data.events.download import fetch_resumable
+from minirate.data.events.download import download_cifar10dvs, fetch_resumable
 from minirate.data.events.frames import integrate, resize
 from minirate.data.events.loader import augment_frames
 from minirate.data.events.synthetic import write_gesture
@@ -51,6 +51,17 @@ def cifar_dvs(tmp_path_factory):
         f.unlink()
     (d / "CIFAR10-DVS" / "bird").rmdir()
     return d, expected
+
+
+def _stop_after(k):
+    """A progress callback that interrupts the conversion after its k-th sample."""
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+    return progress
 
 
 def _convert(d, name="cifar10dvs", **kw):
@@ -101,7 +112,7 @@ def test_conversion_interrupted_and_resumed(cifar_dvs, tmp_path):
     d, expected = cifar_dvs
     path = str(tmp_path / "c.h5")
     with pytest.raises(KeyboardInterrupt):
-        convert("cifar10dvs", str(d), path, T, "count", SIZE, stop_after=37)
+        convert("cifar10dvs", str(d), path, T, "count", SIZE, progress=_stop_after(37))
     assert not os.path.exists(path) and os.path.exists(path + ".partial")
     with h5py.File(path + ".partial", "r+") as f:
         assert f["done"][:].sum() == 37 and not f.attrs["complete"]
@@ -115,11 +126,28 @@ def test_conversion_interrupted_and_resumed(cifar_dvs, tmp_path):
         assert np.array_equal(cache.frames(i), expected[cache.labels[i], cache.rank[i]])
 
 
+def test_conversion_resumed_after_a_hard_exit(cifar_dvs, tmp_path):
+    """The process dies inside the conversion without closing the file (os._exit, as a kill)."""
+    d, expected = cifar_dvs
+    path = str(tmp_path / "k.h5")
+    code = ("import os, sys; from minirate.data.events.cache import convert; "
+            "convert('cifar10dvs', sys.argv[1], sys.argv[2], 2, 'count', 16, "
+            "progress=lambda done, total: done == 45 and os._exit(9))")
+    r = subprocess.run([sys.executable, "-c", code, str(d), path], cwd=ROOT, timeout=120)
+    assert r.returncode == 9 and os.path.exists(path + ".partial")
+    seen = []
+    convert("cifar10dvs", str(d), path, T, "count", SIZE, progress=lambda k, n: seen.append(k))
+    assert 110 - 45 <= len(seen) <= 110          # what was flushed before the exit is kept
+    cache = EventFrames(path, "cifar10dvs", T, "count", SIZE)
+    for i in range(len(cache)):
+        assert np.array_equal(cache.frames(i), expected[cache.labels[i], cache.rank[i]])
+
+
 def test_partial_file_of_other_settings_starts_over(cifar_dvs, tmp_path, capsys):
     d, _ = cifar_dvs
     path = str(tmp_path / "c.h5")
     with pytest.raises(KeyboardInterrupt):
-        convert("cifar10dvs", str(d), path, T, "time", SIZE, stop_after=5)
+        convert("cifar10dvs", str(d), path, T, "time", SIZE, progress=_stop_after(5))
     convert("cifar10dvs", str(d), path, T, "count", SIZE)
     assert "starting the conversion over" in capsys.readouterr().out
     with h5py.File(path, "r") as f:
@@ -149,7 +177,8 @@ def test_damaged_and_foreign_caches_rejected(cifar_dvs, tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         EventFrames(str(tmp_path / "none.h5"), "cifar10dvs", T, "count", SIZE)
     with pytest.raises(KeyboardInterrupt):
-        convert("cifar10dvs", str(d), str(tmp_path / "p.h5"), T, "count", SIZE, stop_after=3)
+        convert("cifar10dvs", str(d), str(tmp_path / "p.h5"), T, "count", SIZE,
+                progress=_stop_after(3))
     with pytest.raises(DatasetError, match="did not finish"):
         EventFrames(str(tmp_path / "p.h5.partial"), "cifar10dvs", T, "count", SIZE)
 
@@ -228,22 +257,40 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_download_resumes_and_checks_md5(tmp_path):
-    body = np.random.default_rng(0).bytes(300_000)
-    _RangeHandler.body, _RangeHandler.ranges = body, []
-    server = http.server.HTTPServer(("127.0.0.1", 0), _RangeHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/airplane.zip"
-    try:
-        md5 = hashlib.md5(body).hexdigest()
-        target = tmp_path / "airplane.zip"
-        (tmp_path / "airplane.zip.part").write_bytes(body[:120_000])      # an interrupted one
-        fetch_resumable(url, str(target), md5)
-        assert target.read_bytes() == body and _RangeHandler.ranges == ["bytes=120000-"]
-        fetch_resumable(url, str(target), md5)                            # present: no request
-        assert len(_RangeHandler.ranges) == 1
-        with pytest.raises(DatasetError, match="MD5 of .* expected 0+; the partial file"):
-            fetch_resumable(url, str(tmp_path / "other.zip"), "0" * 32)
-        assert not os.path.exists(tmp_path / "other.zip.part")
-    finally:
-        server.shutdown()
+@pytest.fixture
+def server():
+    """A local HTTP server that honours Range requests; returns its base URL."""
+    _RangeHandler.body, _RangeHandler.ranges = b"", []
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _RangeHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+
+
+def test_download_resumes_and_checks_md5(tmp_path, server):
+    body = _RangeHandler.body = np.random.default_rng(0).bytes(300_000)
+    url = server + "airplane.zip"
+    md5 = hashlib.md5(body).hexdigest()
+    target = tmp_path / "airplane.zip"
+    (tmp_path / "airplane.zip.part").write_bytes(body[:120_000])          # an interrupted one
+    fetch_resumable(url, str(target), md5)
+    assert target.read_bytes() == body and _RangeHandler.ranges == ["bytes=120000-"]
+    fetch_resumable(url, str(target), md5)                                # present: no request
+    assert len(_RangeHandler.ranges) == 1
+    with pytest.raises(DatasetError, match="MD5 of .* expected 0+; the partial file"):
+        fetch_resumable(url, str(tmp_path / "other.zip"), "0" * 32)
+    assert not os.path.exists(tmp_path / "other.zip.part")
+
+
+def test_download_cifar10dvs_archives_are_read_in_place(tmp_path, server):
+    src = tmp_path / "one.aedat"
+    write_aedat2(src, np.arange(5), encode_dvs128(np.arange(5), np.arange(5), np.ones(5)))
+    with zipfile.ZipFile(tmp_path / "class.zip", "w") as z:
+        z.write(src, "class/cifar10_class_0.aedat")
+    body = _RangeHandler.body = (tmp_path / "class.zip").read_bytes()
+    md5 = hashlib.md5(body).hexdigest()
+    download_cifar10dvs(str(tmp_path / "data"), {c: (server + c, md5) for c in CIFAR10DVS_CLASSES})
+    assert len(_RangeHandler.ranges) == 10
+    samples = list_samples("cifar10dvs", str(tmp_path / "data"))
+    assert [s.label for s in samples] == list(range(10))
+    assert all(s.recording[0] == "zip" for s in samples)

@@ -11,10 +11,13 @@ File `<dataset>-T<T>-<split_by>-<size>px.h5` (h5py):
 
 Conversion writes `<file>.partial` and renames it when complete. It is resumable: run it again
 and it opens the partial file, checks that it was made with the same settings, and converts only
-the samples whose `done` flag is 0. A sample's flag is set after its frames are written, and both
-are flushed to disk together every few samples, so an interruption never leaves a sample counted
-as done with half its frames. (If the process is killed hard inside an HDF5 write and the partial
-file no longer opens, conversion says so and starts over.)
+the samples whose `done` flag is 0. Every few samples the frames written so far are flushed to
+the file, and only then are their flags set (and flushed): a process killed at any point leaves
+no sample flagged whose frames did not reach the file -- an unflagged one is simply converted
+again. (HDF5 writes small contiguous arrays such as `done` straight through but keeps chunks of
+`frames` in its cache until a flush, so setting a flag with its frames would not be safe; a test
+kills a conversion to check this. If a kill inside an HDF5 write leaves a partial file that no
+longer opens, conversion says so and starts over.)
 
 Opening validates: a missing, truncated or foreign file, or one made with other settings, is a
 one-line DatasetError.
@@ -62,11 +65,11 @@ def _mismatch(attrs, want):
     return None
 
 
-def convert(dataset, data_dir, path, T, split_by="count", size=48, progress=None, stop_after=None):
+def convert(dataset, data_dir, path, T, split_by="count", size=48, progress=None):
     """Build the cache at `path` from the raw recordings (resumable; see module docstring).
 
-    progress(done, total): called as samples are written. stop_after: stop (as if interrupted,
-    with KeyboardInterrupt) after converting that many samples in this call -- for tests.
+    progress(done, total): called after each sample is written; an exception it raises
+    (KeyboardInterrupt from Ctrl-C included) stops the conversion, which can then be resumed.
     Returns `path`.
     """
     h5py = _h5py()
@@ -100,30 +103,39 @@ def convert(dataset, data_dir, path, T, split_by="count", size=48, progress=None
         f.create_dataset("rank", data=np.array([s.rank for s in samples], np.int64))
         f.create_dataset("done", (n,), np.uint8, fillvalue=0)
         f.flush()
+    written = []                 # samples whose frames are written but not yet flagged done
     try:
-        done = f["done"][:]
-        written = 0
-        todo = np.flatnonzero(done == 0)
+        todo = np.flatnonzero(f["done"][:] == 0)
         cached = (None, None)                        # (recording, events): gesture segments
-        for i in todo:
+        for j, i in enumerate(todo):
             s = samples[i]
             if cached[0] != s.recording:
                 cached = (s.recording, read_events(dataset, s.recording))
             f["frames"][i] = sample_frames(dataset, segment(cached[1], s.start, s.end), T,
                                            split_by, size)
-            f["done"][i] = 1
-            written += 1
-            if written % FLUSH_EVERY == 0:
-                f.flush()
+            written.append(i)
+            if len(written) == FLUSH_EVERY:
+                _mark_done(f, written)
             if progress:
-                progress(n - len(todo) + written, n)
-            if stop_after is not None and written >= stop_after and written < len(todo):
-                raise KeyboardInterrupt
+                progress(n - len(todo) + j + 1, n)
+        _mark_done(f, written)
         f.attrs["complete"] = True
     finally:
+        if written:                  # interrupted: keep the samples that were fully written
+            _mark_done(f, written)
         f.close()
     os.replace(partial, path)
     return path
+
+
+def _mark_done(f, written):
+    """Flush the frames of `written` to the file first, and only then set their done flags:
+    a process killed in between leaves them unflagged (converted again), never flagged with
+    frames that did not reach the file."""
+    f.flush()
+    f["done"][sorted(written)] = 1
+    f.flush()
+    written.clear()
 
 
 def convert_with_progress(dataset, data_dir, path, T, split_by, size, enabled=True):
@@ -188,7 +200,11 @@ def open_or_build(dataset, data_dir, cache_dir, T, split_by="count", size=48, pr
     """The cache for these settings, converted first when it does not exist yet."""
     path = os.path.join(cache_dir, cache_name(dataset, T, split_by, size))
     if not os.path.exists(path):
-        os.makedirs(cache_dir, exist_ok=True)
         print(f"building the frame cache {path} (once; resumable if interrupted)", flush=True)
-        convert_with_progress(dataset, data_dir, path, T, split_by, size, progress)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            convert_with_progress(dataset, data_dir, path, T, split_by, size, progress)
+        except OSError as e:
+            raise DatasetError(f"cannot write the frame cache {path}: {e.strerror or e}") \
+                from None
     return EventFrames(path, dataset, T, split_by, size)
