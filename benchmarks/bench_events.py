@@ -7,7 +7,8 @@ vggsnn_dvs training step at the same batch, in one run.
 1. A CIFAR10-DVS-like recording of --events events (the synthetic classes of
    minirate/data/events/synthetic.py, written as AEDAT 2.0) is read from its file, decoded and
    integrated into T frames of 128x128 (then also resized to 48x48) on one core (BLAS limited
-   to one thread); best and median of --repeats, in million events per second. Target: >= 20 M events/s.
+   to one thread); best and median of --repeats, in million events per second.
+   Target: >= 20 M events/s.
 2. A frame cache of 40 such recordings (T frames, 48x48) is built, and one training batch is
    read from it (--batch-size samples, each from its own chunk, augmented, transposed to
    (T, B, 2, H, W)); median of --repeats. Beside it, one vggsnn_dvs training step (--method) at

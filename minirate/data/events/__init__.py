@@ -37,4 +37,5 @@ def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, fli
     return train, test
 
 
-__all__ = ["EVENT_DATASETS", "NUM_CLASSES", "SPLIT_NAMES", "EventLoader", "event_loaders", "open_or_build"]
+__all__ = ["EVENT_DATASETS", "NUM_CLASSES", "SPLIT_NAMES", "EventLoader", "event_loaders",
+           "open_or_build"]

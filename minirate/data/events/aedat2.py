@@ -84,7 +84,7 @@ def encode_dvs128(raw_x, raw_y, on):
             | (1 - np.asarray(on, np.uint32)))
 
 
-def write_aedat2(path, t, addr, header_lines=("# This is a raw AE data file created by saveAERDataToFile",)):
+def write_aedat2(path, t, addr, header_lines=("# a raw AE data file",)):
     """Write events in AEDAT 2.0 (header, then big-endian address/timestamp pairs)."""
     ev = np.empty(len(t), EVENT_DTYPE)
     ev["addr"], ev["t"] = addr, t

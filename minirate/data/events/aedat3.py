@@ -95,5 +95,6 @@ def write_aedat3_polarity(path, t, x, y, on, events_per_packet=4096, extra_packe
 def _packet(kind, ev, ts_overflow):
     h = np.zeros(1, PACKET_HEADER)
     h["type"], h["source"], h["size"], h["ts_offset"] = kind, 1, ev.dtype.itemsize, 4
-    h["ts_overflow"], h["capacity"], h["number"], h["valid"] = ts_overflow, len(ev), len(ev), len(ev)
+    h["ts_overflow"] = ts_overflow
+    h["capacity"] = h["number"] = h["valid"] = len(ev)
     return h.tobytes() + ev.tobytes()

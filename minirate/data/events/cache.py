@@ -59,7 +59,7 @@ def sample_frames(dataset, events, T, split_by, size, sensor=128):
 def _mismatch(attrs, want):
     for k, v in want.items():
         got = attrs.get(k)
-        got = got.decode() if isinstance(got, bytes) else got.item() if hasattr(got, "item") else got
+        got = got.decode() if isinstance(got, bytes) else getattr(got, "item", lambda: got)()
         if got is None or (got != v if isinstance(v, str) else int(got) != v):
             return f"{k} is {got!r}, expected {v!r}"
     return None

@@ -77,7 +77,8 @@ def _cifar10dvs_samples(root):
     for label, cls in enumerate(CIFAR10DVS_CLASSES):
         folder, archive = os.path.join(root, cls), os.path.join(root, cls + ".zip")
         if os.path.isdir(folder):
-            recs = [("file", os.path.join(folder, f)) for f in sorted(os.listdir(folder), key=_number_in)
+            recs = [("file", os.path.join(folder, f))
+                    for f in sorted(os.listdir(folder), key=_number_in)
                     if f.endswith(".aedat")]
         elif os.path.isfile(archive):
             try:

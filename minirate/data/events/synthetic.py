@@ -5,8 +5,8 @@ ceil(K/2) heights spread evenly over rows 20..108), horizontal for even k and ve
 (Gaussian spreads of 12 and 4 px). ON events come in the first half of the recording and OFF in
 the second (so the frames change over time), plus 20 % uniform background events. The classes
 stay apart under the training augmentation (a horizontal flip maps each bar onto itself, a
-small roll moves it less than the gap between heights), so a small network separates them. Used by the tests, the benchmark and
-for trying the pipeline without the real data.
+small roll moves it less than the gap between heights), so a small network separates them.
+Used by the tests, the benchmark and for trying the pipeline without the real data.
 """
 import os
 
