@@ -162,10 +162,14 @@ def structural_mismatch(saved, cfg, keys=STRUCTURAL):
 def event_data(cfg):
     """Loaders of an event data set: (T, B, 2, H, W) frames read per sample from the HDF5 cache
     (built from the recordings in --data-dir on first use)."""
-    train, test = event_loaders(cfg["dataset"], cfg["data_dir"], cfg["T"], cfg["batch_size"],
-                                cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
-                                cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
-                                cfg["cache_dir"] or None, cfg["progress"])
+    try:
+        train, test = event_loaders(cfg["dataset"], cfg["data_dir"], cfg["T"], cfg["batch_size"],
+                                    cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
+                                    cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
+                                    cfg["cache_dir"] or None, cfg["progress"])
+    except KeyboardInterrupt:
+        raise UsageError("interrupted while building the frame cache; run the same command "
+                         "again to continue the conversion") from None
     if cfg["batch_size"] > len(train.index):
         raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
                          f"{len(train.index)} training samples")

@@ -7,21 +7,23 @@ File layout (jAER, "AEDAT 2.0"):
 DVS128 address bits (15 used; the sensor is 128 x 128):
 
     bit  0       polarity bit: 0 = ON (brightness up), 1 = OFF
-    bits 1-7     raw x (0..127), read from the sensor's right edge
-    bits 8-14    raw y (0..127), read from the bottom edge
-    bit  15      external event (a sync or trigger pulse, not a pixel); such events are dropped
+    bits 1-7     raw x (0..127)
+    bits 8-14    raw y (0..127)
+    bit  15 up   sync (external input) or special events, not pixels: dropped
 
-jAER shows a DVS128 event at column x = 127 - raw_x, row y = raw_y and polarity ON = 1 - bit 0
-(the DVS128 extractor's masks 0xFE / 0x7F00 / 0x01 with x flipped; jAER's dat2mat.m, which the
-CIFAR10-DVS README points to for reading the files, gives the same). Independent readers of
-CIFAR10-DVS agree on the bit fields: SpikingJelly's and Tonic's CIFAR10-DVS loaders use masks
-x 0xFE >> 1, y 0x7F00 >> 8, polarity 0x01 and ON = 1 - bit 0; they then place the event at
-column 127 - raw_y, row 127 - raw_x, which turns the recordings upright (the CIFAR10-DVS
-orientation fix of events-tfds), and `cifar10dvs_xy` below does the same.
+jAER shows a DVS128 event at column x = 127 - raw_x, row y = raw_y with polarity ON = 1 - bit 0.
+Its DVS128 event extractor uses masks 0xFE >> 1 and 0x7F00 >> 8, type mask 0x01, flips x and
+the type, and takes addresses with the sync bit 15 or a special-event bit set as special events;
+jAER's dat2mat.m, which the CIFAR10-DVS README points to for reading the files, gives the same
+x, y and polarity. Independent readers of CIFAR10-DVS agree on the bit fields: SpikingJelly's
+and Tonic's loaders use x 0xFE >> 1, y 0x7F00 >> 8, polarity 0x01 with ON = 1 - bit 0; they
+then place the event at column 127 - raw_y, row 127 - raw_x, which turns the recordings upright
+(the CIFAR10-DVS orientation fix of events-tfds), and `cifar10dvs_xy` below does the same.
 
 Sources: the CIFAR10-DVS README on figshare (jAER format, DVS128 filters); jAER's DVS128 event
-extractor; SpikingJelly `datasets/cifar10_dvs.py`, Tonic `datasets/cifar10dvs.py`, and the
-Julia AEDAT reader (pol = a & 1, x = (a >> 1) & 0x7F, y = (a >> 8) & 0x7F, ext = bit 15).
+extractor (ch/unizh/ini/jaer/chip/retina/DVS128.java); SpikingJelly `datasets/cifar10_dvs.py`;
+Tonic `datasets/cifar10dvs.py`; a Julia AEDAT reader (pol = a & 1, x = (a >> 1) & 0x7F,
+y = (a >> 8) & 0x7F, ext = bit 15).
 """
 import numpy as np
 
