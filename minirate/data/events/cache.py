@@ -36,7 +36,10 @@ FLUSH_EVERY = 16
 
 
 def _h5py():
-    import h5py          # imported on use: only event data needs it
+    try:
+        import h5py      # imported on use: only event data needs it
+    except ImportError:
+        raise DatasetError("event data needs h5py: pip install -r requirements.txt") from None
     return h5py
 
 
