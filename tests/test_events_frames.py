@@ -3,7 +3,7 @@ from the rules in frames.py, and small cases worked out by hand."""
 import numpy as np
 import pytest
 
-from minirate.data.events.frames import bilinear_matrix, integrate, resize
+from minirate.data.events.frames import bilinear_taps, integrate, resize
 
 
 def _reference(t, x, y, on, T, H, W, split_by):
@@ -47,13 +47,16 @@ def test_against_loop(split_by, n):
 
 
 def test_bilinear_weights_by_hand():
-    # 128 -> 48: output 0 reads input position (0 + 0.5) * 128/48 - 0.5 = 5/6
-    R = bilinear_matrix(128, 48)
-    assert np.allclose(R[0, :2], [1 / 6, 5 / 6]) and R[0, 2:].sum() == 0
-    assert np.allclose(R.sum(axis=1), 1)
-    # halving averages neighbour pairs; the last output of an upscale clamps at the edge
-    assert np.allclose(bilinear_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
-    assert np.allclose(bilinear_matrix(2, 4)[-1], [0, 1])
+    # 128 -> 48: output 0 reads input position (0 + 0.5) * 128/48 - 0.5 = 5/6, output 47 reads
+    # 47.5 * 8/3 - 0.5 = 126.1667
+    i0, i1, w = bilinear_taps(128, 48)
+    assert (i0[0], i1[0], i0[47], i1[47]) == (0, 1, 126, 127)
+    assert np.allclose([w[0], w[47]], [5 / 6, 1 / 6])
+    # halving averages neighbour pairs
+    assert [list(a) for a in bilinear_taps(4, 2)] == [[0, 2], [1, 3], [0.5, 0.5]]
+    # an upscale clamps at both edges: output 0 at position -0.25 -> 0, the last at 1.25 -> 1
+    i0, i1, w = bilinear_taps(2, 4)
+    assert (i0[0], w[0]) == (0, 0) and (i0[-1], i1[-1]) == (1, 1)
 
 
 def test_resize_against_loop():
