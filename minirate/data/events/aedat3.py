@@ -41,7 +41,7 @@ def _events_start(data):
 
 
 def read_aedat3_polarity(data):
-    """AEDAT 3.1 bytes -> (t int64, x int64, y int64, on int64), valid polarity events only."""
+    """AEDAT 3.1 bytes -> (t int64, x uint16, y uint16, on uint8), valid polarity events only."""
     pos = _events_start(data)
     chunks = []
     while pos < len(data):
@@ -62,11 +62,17 @@ def read_aedat3_polarity(data):
     if not chunks:
         z = np.zeros(0, np.int64)
         return z, z, z, z
-    d = np.concatenate([ev["data"] for ev, _ in chunks]).astype(np.int64)
-    t = np.concatenate([(np.int64(ovf) << 31) | ev["t"].astype(np.int64) for ev, ovf in chunks])
+    d = np.concatenate([ev["data"] for ev, _ in chunks])                 # uint32
+    t = np.concatenate([ev["t"] for ev, _ in chunks]).astype(np.int64)
+    if any(ovf for _, ovf in chunks):
+        t |= np.repeat(np.array([ovf for _, ovf in chunks], np.int64) << 31,
+                       [len(ev) for ev, _ in chunks])
     valid = (d & 1) == 1
-    d, t = d[valid], t[valid]
-    return t, (d >> 17) & 0x7FFF, (d >> 2) & 0x7FFF, (d >> 1) & 1
+    if not valid.all():
+        d, t = d[valid], t[valid]
+    # narrow results (x, y < 2^15): new large arrays cost more to touch than to compute
+    return (t, ((d >> 17) & 0x7FFF).astype(np.uint16), ((d >> 2) & 0x7FFF).astype(np.uint16),
+            ((d >> 1) & 1).astype(np.uint8))
 
 
 def write_aedat3_polarity(path, t, x, y, on, events_per_packet=4096, extra_packet=True):
