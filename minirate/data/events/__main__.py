@@ -42,12 +42,8 @@ def main(argv=None):
         print(f"{path} already exists (delete it to convert again)")
         return 0
     os.makedirs(cache_dir, exist_ok=True)
-    try:
-        convert_with_progress(args.dataset, args.data_dir, path, args.T, args.split_by,
-                              args.frame_size, args.progress)
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+    convert_with_progress(args.dataset, args.data_dir, path, args.T, args.split_by,
+                          args.frame_size, args.progress)
     print(f"done: {path}")
     return 0
 
@@ -58,3 +54,6 @@ if __name__ == "__main__":
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:      # what was converted or downloaded so far is kept
+        print("\ninterrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
