@@ -67,8 +67,8 @@ def main():
         with threadpool_limits(1):
             t_frame = times_of(lambda: integrate(*read_events("cifar10dvs", rec), a.T, 128, 128),
                                a.repeats)
-            t_resize = times_of(lambda: sample_frames("cifar10dvs", read_events("cifar10dvs", rec),
-                                                      a.T, "count", 48), a.repeats)
+            t_resize = times_of(lambda: sample_frames(read_events("cifar10dvs", rec), a.T, "count",
+                                                      48), a.repeats)
             t_aedat3 = times_of(lambda: integrate(*read_events("dvsgesture", rec3), a.T, 128, 128),
                                 a.repeats)
         print(f"# events: {n} events, {os.path.getsize(path)} bytes, T={a.T}, one core, "

@@ -54,7 +54,7 @@ def settings(dataset, T, split_by, size):
                 size=int(size))
 
 
-def sample_frames(dataset, events, T, split_by, size, sensor=128):
+def sample_frames(events, T, split_by, size, sensor=128):
     """(t, x, y, on) of one sample -> float32 (T, 2, size, size)."""
     return resize(integrate(*events, T, sensor, sensor, split_by), size)
 
@@ -63,7 +63,7 @@ def _mismatch(attrs, want):
     for k, v in want.items():
         got = attrs.get(k)
         got = got.decode() if isinstance(got, bytes) else getattr(got, "item", lambda: got)()
-        if got is None or (got != v if isinstance(v, str) else int(got) != v):
+        if got != v:
             return f"{k} is {got!r}, expected {v!r}"
     return None
 
@@ -114,8 +114,7 @@ def convert(dataset, data_dir, path, T, split_by="count", size=48, progress=None
             s = samples[i]
             if cached[0] != s.recording:
                 cached = (s.recording, read_events(dataset, s.recording))
-            f["frames"][i] = sample_frames(dataset, segment(cached[1], s.start, s.end), T,
-                                           split_by, size)
+            f["frames"][i] = sample_frames(segment(cached[1], s.start, s.end), T, split_by, size)
             written.append(i)
             if len(written) == FLUSH_EVERY:
                 _mark_done(f, written)
@@ -177,6 +176,7 @@ class EventFrames:
                 self.labels = self.file["labels"][:]
                 self.split = self.file["split"][:]
                 self.rank = self.file["rank"][:]
+                self.num_classes = int(self.file.attrs["num_classes"])
                 n = len(self.labels)
                 if (self._frames.shape != (n, T, 2, size, size) or self.split.shape != (n,)
                         or self.rank.shape != (n,) or not self.file["done"][:].all()):
@@ -186,7 +186,6 @@ class EventFrames:
         if why:
             self.file.close()
             raise DatasetError(f"{path} is not a usable {dataset} frame cache: {why}")
-        self.num_classes = int(self.file.attrs["num_classes"])
 
     def __len__(self):
         return len(self.labels)

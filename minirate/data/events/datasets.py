@@ -152,7 +152,10 @@ def read_bytes(recording):
 
 
 def read_events(name, recording):
-    """(t, x, y, on) int64 arrays of one recording, sorted by t, in 128 x 128 frame coordinates."""
+    """(t, x, y, on) of one recording, sorted by t, in 128 x 128 frame coordinates.
+
+    t: int64 microseconds; x (column), y (row), on (1 ON, 0 OFF): small unsigned integers.
+    """
     data = read_bytes(recording)
     try:
         if name == "cifar10dvs":
