@@ -25,6 +25,7 @@ from minirate.cli import (ArgumentParser, finite_float, nonnegative_float, nonne
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
                                  save_checkpoint)
 from minirate.data.cifar import SPECS, DatasetError, load_cifar
+from minirate.data.events import EVENT_DATASETS, SPLIT_NAMES, event_loaders
 from minirate.data.imagenet import ImageFolderLoader, load_imagenet
 from minirate.data.loader import Loader
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
@@ -32,6 +33,7 @@ from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.methods import METHODS, make_method, predict
+from minirate.methods.common import is_time_varying
 from minirate.models import ARCHS, build_model
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
@@ -39,7 +41,8 @@ from minirate.rundir import RunDirError, RunLock, holds_run, remove_stale_tempor
 
 # -- config -------------------------------------------------------------------------------
 DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10,   # name -> classes
-            "imagenet": None}                                          # None: its folders
+            "imagenet": None,                                          # None: its folders
+            "cifar10dvs": 10, "dvsgesture": 11}        # event data: T frames of 2 polarities
 DEFAULTS = dict(
     method="bptt", dataset="cifar10", arch="resnet18", T=4, step_mode="m", width=1.0,
     epochs=300, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, wd=5e-4,
@@ -51,10 +54,12 @@ DEFAULTS = dict(
     max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
     sync_bn=True, mpi_timeout=300.0, workers=4, image_size=224,
+    frame_size=48, split_by="count", event_split="", roll=5, cache_dir="",
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
+EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
 # What a checkpoint's saved position means: which batches come next, in which order.
 DATA_ORDER = ("batch_size", "seed")
 
@@ -144,6 +149,18 @@ def parse_args(argv=None):
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                    help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
+    g = p.add_argument_group("event data (cifar10dvs, dvsgesture)")
+    g.add_argument("--frame-size", type=positive_int, default=d["frame_size"],
+                   help="frames resized (bilinear) to N x N")
+    g.add_argument("--split-by", choices=("count", "time"), default=d["split_by"],
+                   help="events into T frames by equal event count or equal time")
+    g.add_argument("--event-split", default=d["event_split"],
+                   help="named train/test split: cifar10dvs 9:1 (default) or 8:2 per class; "
+                        "dvsgesture users")
+    g.add_argument("--roll", type=nonnegative_int, default=d["roll"],
+                   help="random circular shift of up to N px in x and y (0 = off)")
+    g.add_argument("--cache-dir", default=d["cache_dir"],
+                   help="folder of the HDF5 frame cache (default: --data-dir)")
     g = p.add_argument_group("data-parallel (mpirun -n N python train.py ...)")
     g.add_argument("--sync-bn", action=on_off, default=d["sync_bn"],
                    help="batchnorm statistics over the global batch, summed over all ranks")
@@ -172,6 +189,18 @@ def option_conflict(cfg):
         return f"argument --cutout: {cfg['cutout']} px is larger than the 32-px image"
     if not cfg["out"].strip():
         return "argument --out: must name a folder"
+    if not cfg["roll"] < cfg["frame_size"]:
+        return f"argument --roll: must be below --frame-size {cfg['frame_size']}, got {cfg['roll']}"
+    events = cfg["dataset"] in EVENT_DATASETS
+    if cfg["arch"] == "vggsnn_dvs" and (not events or cfg["frame_size"] != 48):
+        return ("--arch vggsnn_dvs takes 48x48 event frames: --dataset cifar10dvs or dvsgesture "
+                "with --frame-size 48")
+    if events and (cfg["cutout"] or cfg["autoaugment"]):
+        return "--cutout and --autoaugment are for images; event frames use --flip and --roll"
+    if cfg["event_split"] and cfg["event_split"] not in SPLIT_NAMES.get(cfg["dataset"], ()):
+        names = ", ".join(SPLIT_NAMES.get(cfg["dataset"], ())) or "image data sets have none"
+        return (f"argument --event-split: {cfg['event_split']!r} is not a split of "
+                f"{cfg['dataset']} ({names})")
     return None
 
 
@@ -181,12 +210,29 @@ def weight_sum(params):
 
 
 def structural_mismatch(saved, cfg):
-    for k in STRUCTURAL + DATA_ORDER:
+    keys = STRUCTURAL + DATA_ORDER
+    if cfg["dataset"] in EVENT_DATASETS:
+        keys += EVENT_STRUCTURAL
+    for k in keys:
         if saved.get(k) != cfg[k]:
             what = "was trained with" if k in STRUCTURAL else "saved its position for"
             return (f"checkpoint {what} --{k.replace('_', '-')} {saved.get(k)}, "
                     f"this run asks for {cfg[k]}")
     return None
+
+
+def event_data(cfg):
+    """Loaders of an event data set: (T, B, 2, H, W) frames read per sample from the HDF5 cache
+    (built from the recordings in --data-dir on first use)."""
+    try:
+        train, test = event_loaders(cfg["dataset"], cfg["data_dir"], cfg["T"], cfg["batch_size"],
+                                    cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
+                                    cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
+                                    cfg["cache_dir"] or None, cfg["progress"])
+    except KeyboardInterrupt:
+        raise UsageError("interrupted while building the frame cache; run the same command "
+                         "again to continue the conversion") from None
+    return train, test, len(train.index), len(test.index)
 
 
 def position_problem(pos, steps_per_epoch, epochs):
@@ -240,6 +286,15 @@ def main(argv=None):
 
         def shard(a):                # the loaders already give this rank's part
             return a
+    elif cfg["dataset"] in EVENT_DATASETS:
+        train_loader, test_loader, n_train, n_test = event_data(cfg)
+        num_classes = DATASETS[cfg["dataset"]]
+        title = f"{cfg['dataset']} frames"
+
+        def shard(a):                # frames (T, B, ...) by their batch axis, labels (B,)
+            if is_time_varying(a):
+                return a[:, slice(*comm.shard_bounds(a.shape[1]))]
+            return comm.shard(a)
     else:
         x_train, y_train, x_test, y_test, _ = load_cifar(cfg["dataset"], cfg["data_dir"],
                                                          download=cfg["download"],
@@ -252,9 +307,11 @@ def main(argv=None):
                              seed=cfg["seed"], dataset=cfg["dataset"])
         title = SPECS[cfg["dataset"]]["title"]
         shard = comm.shard           # every rank builds the global batch and keeps its part
-    if cfg["batch_size"] > len(x_train):
+    if cfg["dataset"] not in EVENT_DATASETS:
+        n_train, n_test = len(x_train), len(x_test)
+    if cfg["batch_size"] > n_train:
         raise UsageError(f"--batch-size {cfg['batch_size']} is larger than the "
-                         f"{len(x_train)} training images")
+                         f"{n_train} training samples")
     if cfg["batch_size"] % comm.size:
         raise UsageError(f"--batch-size {cfg['batch_size']} (the global batch) must be a "
                          f"multiple of the {comm.size} ranks")
@@ -265,7 +322,8 @@ def main(argv=None):
                   v_reset=cfg["v_reset"], detach_reset=cfg["detach_reset"],
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     try:
-        model = build_model(cfg["arch"], num_classes, cfg["width"], neuron, cfg["seed"])
+        model = build_model(cfg["arch"], num_classes, cfg["width"], neuron, cfg["seed"],
+                            in_channels=2 if cfg["dataset"] in EVENT_DATASETS else 3)
     except ValueError as e:
         raise UsageError(str(e)) from None
     model.to(xp, dtype)
@@ -274,7 +332,7 @@ def main(argv=None):
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, T={cfg['T']}, "
-        f"{title}: {len(x_train)} training and {len(x_test)} test images, {steps_per_epoch} "
+        f"{title}: {n_train} training and {n_test} test samples, {steps_per_epoch} "
         f"steps/epoch, device {cfg['device']}")
     if comm.size > 1:
         log(f"data-parallel: {comm.size} ranks, {cfg['batch_size'] // comm.size} images each "

@@ -14,6 +14,7 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   bn2, downsample.{0,1}}, avgpool, flatten, fc
     (the ImageNet models: 224x224 input, 7x7 stride-2 stem, 3x3 stride-2 max-pool, [3, 4, 6, 3]
     blocks of 64, 128, 256, 512 channels; see minirate/layers/residual.py for the blocks)
+    vggsnn_dvs                    the same for 48x48 event frames: a last 2x2 average pool to 3x3
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -105,7 +106,7 @@ def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, i
     return Net(parts)
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "sew_resnet34",
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "sew_resnet34",
          "preact_resnet34")
 
 
@@ -138,4 +139,7 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "preact_resnet34":    # real-valued stem and stream, no final neuron
         return _imagenet_resnet(PreActBlock, False, num_classes, width, make_neuron, rng,
                                 in_channels)
+    if arch == "vggsnn_dvs":  # event frames (in_channels=2) at 48x48 -> 3x3 -> Linear(4608, K)
+        cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"]
+        return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

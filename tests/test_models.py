@@ -43,7 +43,8 @@ def test_other_architectures_names_and_shapes():
 def test_forward_shape_and_width(arch):
     model = build_model(arch, 10, width=0.125)
     model.eval()
-    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    size = 48 if arch == "vggsnn_dvs" else 32      # vggsnn_dvs: 48x48 -> 3x3 -> Linear(4608)
+    x = np.random.default_rng(0).normal(size=(2, 3, size, size)).astype(np.float32)
     out = predict(model, x, 2)
     assert out.shape == (2, 10) and out.dtype == np.float32 and np.all(np.isfinite(out))
 
