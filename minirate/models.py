@@ -7,6 +7,8 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   avg_pool (AdaptiveAvgPool2d(1)), flatten, classifier.{0, 1, 2 ...}
     vgg11 / vggsnn_cifar          feature.{k}: Conv2d(bias) - BatchNorm2d - LIF triplets and pools,
                                   flatten, classifier.{0 ...}
+    vgg11_ws                      OTTT's VGG: feature.{k}: ScaledWSConv2d(bias) - LIF - Scale(2.74)
+                                  triplets and pools, global average pool, flatten, classifier.0
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -21,6 +23,8 @@ from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d
+from .layers.scale import Scale
+from .layers.scaled_ws import ScaledWSConv2d
 
 
 class Net(Sequential):
@@ -72,7 +76,24 @@ def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng, in_channels):
                 ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))])
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar")
+def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
+    """VGG without batchnorm (OTTT): each conv is scaled-weight-standardized, each LIF is
+    followed by a fixed ×2.74; then global average pooling and one linear layer."""
+    feature, c_in = [], in_channels
+    for v in cfg:
+        if v == "A":
+            feature.append(AvgPool2d(2, 2))
+        else:
+            c = _ch(v, width)
+            feature += [ScaledWSConv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), make_neuron(),
+                        Scale(scale)]
+            c_in = c
+    feature.append(AdaptiveAvgPool2d(1))
+    return Net([("feature", Sequential(*feature)), ("flatten", Flatten()),
+                ("classifier", Sequential(Linear(c_in, num_classes, rng=rng)))])
+
+
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vgg11_ws")
 
 
 def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
@@ -99,4 +120,7 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "vggsnn_cifar":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, ("AA", 3)]
         return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "vgg11_ws":
+        cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]
+        return _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
