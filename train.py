@@ -26,6 +26,7 @@ from minirate.data.cifar import DatasetError, load_cifar
 from minirate.data.loader import Loader
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
+from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import METHODS, make_method, predict
 from minirate.models import ARCHS, build_model
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
@@ -42,7 +43,10 @@ DEFAULTS = dict(
     crop=True, flip=True, cutout=0, autoaugment=False,
     data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
+    loss=None, loss_lambda=0.05,            # loss None: mean, or per-step for sltt and ottt
+    sltt_k=None, ottt_update="accumulate",  # sltt_k None: every step gets a backward
 )
+ONLINE = ("sltt", "ottt")                   # methods that train only with the per-step loss
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
@@ -67,6 +71,18 @@ def parse_args(argv=None):
                    help="bptt only: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
     g.add_argument("--width", type=finite_float, default=d["width"], help="channel multiplier")
+    g.add_argument("--loss", choices=("mean", "per-step"), default=d["loss"],
+                   help="mean: cross-entropy of the time-averaged output; per-step: the mean "
+                        "over steps of (1 - λ_L) CE + λ_L MSE(one-hot) of each step's output "
+                        "(None: mean; per-step for sltt and ottt)")
+    g.add_argument("--loss-lambda", type=finite_float, default=d["loss_lambda"],
+                   help="λ_L of the per-step loss, in [0, 1]")
+    g.add_argument("--sltt-k", type=positive_int, default=d["sltt_k"],
+                   help="sltt: backward at K of the T steps, drawn at random per batch "
+                        "(None: all T)")
+    g.add_argument("--ottt-update", choices=("accumulate", "per-step"), default=d["ottt_update"],
+                   help="ottt: one optimizer step per batch (OTTT_A) or after every time step "
+                        "(OTTT_O)")
     g = p.add_argument_group("neuron")
     g.add_argument("--decay", type=finite_float, default=d["decay"], help="LIF leak λ")
     g.add_argument("--threshold", type=finite_float, default=d["threshold"])
@@ -117,6 +133,14 @@ def parse_args(argv=None):
             p.error(f"argument --{name.replace('_', '-')}: must be >= 0")
     if args.lr <= 0:
         p.error("argument --lr: must be > 0")
+    if not 0 <= args.loss_lambda <= 1:
+        p.error(f"argument --loss-lambda: must be in [0, 1], got {args.loss_lambda}")
+    if args.sltt_k is not None and args.sltt_k > args.T:
+        p.error(f"argument --sltt-k: must be at most --T {args.T}, got {args.sltt_k}")
+    if args.method in ONLINE and args.loss == "mean":
+        p.error(f"argument --loss: {args.method} trains with one loss per step; use per-step")
+    if args.loss is None:
+        args.loss = "per-step" if args.method in ONLINE else "mean"
     return vars(args)
 
 
@@ -172,7 +196,11 @@ def main(argv=None):
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
     model.to(xp, dtype)
-    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
+    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"],
+                         per_step_loss=cfg["loss"] == "per-step", sltt_k=cfg["sltt_k"],
+                         ottt_update=cfg["ottt_update"], seed=cfg["seed"])
+    loss_fn = ce_mse(cfg["loss_lambda"]) if cfg["loss"] == "per-step" else cross_entropy
+    update_each_step = getattr(method, "update_each_step", False)     # OTTT_O
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     print(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
           f"T={cfg['T']}, {steps_per_epoch} steps/epoch, device {cfg['device']}", flush=True)
@@ -190,6 +218,13 @@ def main(argv=None):
 
     def lr_at(step):
         return cosine_lr(cfg["lr"], step, total_steps, warmup_steps)
+
+    grad_norms = []                 # of the optimizer steps in this batch (T of them for OTTT_O)
+
+    def update():
+        grad_norms.append(clip_grad_norm(params, cfg["grad_clip"] or math.inf))
+        opt.step()
+        model.zero_grad()
 
     # -- evaluate ---------------------------------------------------------------------------------
     def evaluate():
@@ -253,9 +288,15 @@ def main(argv=None):
             for xb, yb in train_loader.iter_epoch(epoch, pos["batch"]):
                 opt.lr = lr_at(pos["step"])
                 model.zero_grad()
-                loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
-                grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
-                opt.step()
+                grad_norms.clear()
+                if update_each_step:
+                    loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                               loss_fn, after_step=update)
+                else:
+                    loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                               loss_fn)
+                    update()
+                grad_norm = max(grad_norms)
                 # spikes can hide a diverged network (NaN >= θ is False): check weights too
                 bad = ("loss" if not math.isfinite(loss) else
                        "gradient norm" if not math.isfinite(grad_norm) else
