@@ -2,13 +2,16 @@
 import numpy as np
 import pytest
 
+from minirate.data.cifar import load_cifar
+from minirate.data.loader import Loader
 from minirate.layers.container import Sequential
 from minirate.layers.lif import LIF
 from minirate.layers.linear import Linear
 from minirate.layers.scale import Scale
 from minirate.losses import ce_mse
 from minirate.methods import make_method
-from minirate.models import Net
+from minirate.models import Net, build_model
+from minirate.optim import SGD
 from tests.test_per_step_loss import tiny_ws_net
 from tests.test_sltt import per_step_random_loss
 
@@ -152,3 +155,24 @@ def test_per_step_update_uses_the_updated_weights():
     assert not np.allclose(outputs["o"][1], outputs["a"][1])
     for i, (_, p, _, _) in enumerate(net.parameters()):
         assert np.allclose(p, w0[i] - lr * (seen[0][i] + seen[1][i]), rtol=1e-12, atol=1e-15)
+
+
+def test_ottt_o_learns_on_real_images():
+    """Real CIFAR-10 images (the bundled sample), small ResNet, T = 2, SGD after every step."""
+    x, y, *_ = load_cifar("cifar10-sample", None)
+    loader = Loader(x[:384], y[:384], 32, train=True, seed=0)
+    model = build_model("small", 10, 0.5, seed=0)
+    method = make_method("ottt", model, 2, ottt_update="per-step")
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def update():
+        opt.step()
+        model.zero_grad()
+    losses = []
+    for epoch in range(3):
+        for xb, yb in loader.iter_epoch(epoch):
+            model.zero_grad()
+            losses.append(method.step(xb, yb, ce_mse(0.05), update)[0])
+    assert opt.step_count == 2 * len(losses)
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < first - 0.1, (first, last)
