@@ -135,6 +135,10 @@ def parse_args(argv=None):
         p.error("argument --lr: must be > 0")
     if not 0 <= args.loss_lambda <= 1:
         p.error(f"argument --loss-lambda: must be in [0, 1], got {args.loss_lambda}")
+    if args.sltt_k is not None and args.method != "sltt":
+        p.error("argument --sltt-k: only for --method sltt")
+    if args.ottt_update != d["ottt_update"] and args.method != "ottt":
+        p.error("argument --ottt-update: only for --method ottt")
     if args.sltt_k is not None and args.sltt_k > args.T:
         p.error(f"argument --sltt-k: must be at most --T {args.T}, got {args.sltt_k}")
     if args.method in ONLINE and args.loss == "mean":

@@ -37,6 +37,8 @@ def test_runs_with_the_resolved_loss(tmp_path, args, loss, opt_steps):
     (["--method", "ottt", "--loss", "mean"], ["--loss", "per-step"]),
     (["--method", "ottt", "--ottt-update", "often"], ["--ottt-update", "accumulate"]),
     (["--loss", "sum"], ["--loss", "per-step"]),
+    (["--method", "bptt", "--sltt-k", "2"], ["--sltt-k", "sltt"]),
+    (["--method", "sltt", "--ottt-update", "per-step"], ["--ottt-update", "ottt"]),
 ])
 def test_bad_options(tmp_path, args, words):
     _one_line_error(run_train(*args, "--out", tmp_path / "o"), 2, *words)
