@@ -300,7 +300,7 @@ def main(argv=None):
                     loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
                                                loss_fn)
                     update()
-                grad_norm = math.fsum(grad_norms)     # finite exactly when every norm is
+                grad_norm = sum(grad_norms)           # finite exactly when every norm is
                 # spikes can hide a diverged network (NaN >= θ is False): check weights too
                 bad = ("loss" if not math.isfinite(loss) else
                        "gradient norm" if not math.isfinite(grad_norm) else
