@@ -32,6 +32,7 @@ from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
+from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import METHODS, make_method, predict
 from minirate.methods.common import is_time_varying
 from minirate.models import ARCHS, build_model
@@ -55,10 +56,14 @@ DEFAULTS = dict(
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
     sync_bn=True, mpi_timeout=300.0, workers=4, image_size=224,
     frame_size=48, split_by="count", event_split="", roll=5, cache_dir="",
+    loss=None, loss_lambda=0.05,            # loss None: mean, or per-step for sltt and ottt
+    sltt_k=None, ottt_update="accumulate",  # sltt_k None: every step gets a backward
 )
+ONLINE = ("sltt", "ottt")                   # methods that train only with the per-step loss
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
-              "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
+              "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype",
+              "loss", "loss_lambda", "sltt_k", "ottt_update")
 EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
 # What a checkpoint's saved position means: which batches come next, in which order.
 DATA_ORDER = ("batch_size", "seed")
@@ -84,6 +89,18 @@ def parse_args(argv=None):
                    help="bptt only: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
     g.add_argument("--width", type=positive_float, default=d["width"], help="channel multiplier")
+    g.add_argument("--loss", choices=("mean", "per-step"), default=d["loss"],
+                   help="mean: cross-entropy of the time-averaged output; per-step: the mean "
+                        "over steps of (1 - λ_L) CE + λ_L MSE(one-hot) of each step's output "
+                        "(None: mean; per-step for sltt and ottt)")
+    g.add_argument("--loss-lambda", type=unit_interval, default=d["loss_lambda"],
+                   help="λ_L of the per-step loss, in [0, 1]")
+    g.add_argument("--sltt-k", type=positive_int, default=d["sltt_k"],
+                   help="sltt: backward at K of the T steps, drawn at random per batch "
+                        "(None: all T)")
+    g.add_argument("--ottt-update", choices=("accumulate", "per-step"), default=d["ottt_update"],
+                   help="ottt: one optimizer step per batch (OTTT_A) or after every time step "
+                        "(OTTT_O)")
     g = p.add_argument_group("neuron")
     g.add_argument("--decay", type=unit_interval, default=d["decay"],
                    help="LIF leak λ in [0, 1]: u_t = λ u⁺_{t-1} + I_t")
@@ -170,6 +187,8 @@ def parse_args(argv=None):
     why = option_conflict(cfg)
     if why:
         p.error(why)
+    if cfg["loss"] is None:
+        cfg["loss"] = "per-step" if cfg["method"] in ONLINE else "mean"
     return cfg
 
 
@@ -189,6 +208,14 @@ def option_conflict(cfg):
         return f"argument --cutout: {cfg['cutout']} px is larger than the 32-px image"
     if not cfg["out"].strip():
         return "argument --out: must name a folder"
+    if cfg["sltt_k"] is not None and cfg["method"] != "sltt":
+        return "argument --sltt-k: only for --method sltt"
+    if cfg["sltt_k"] is not None and cfg["sltt_k"] > cfg["T"]:
+        return f"argument --sltt-k: must be at most --T {cfg['T']}, got {cfg['sltt_k']}"
+    if cfg["ottt_update"] != DEFAULTS["ottt_update"] and cfg["method"] != "ottt":
+        return "argument --ottt-update: only for --method ottt"
+    if cfg["method"] in ONLINE and cfg["loss"] == "mean":
+        return f"argument --loss: {cfg['method']} trains with one loss per step; use per-step"
     if not cfg["roll"] < cfg["frame_size"]:
         return f"argument --roll: must be below --frame-size {cfg['frame_size']}, got {cfg['roll']}"
     events = cfg["dataset"] in EVENT_DATASETS
@@ -329,7 +356,11 @@ def main(argv=None):
     model.to(xp, dtype)
     if cfg["sync_bn"]:
         sync_batchnorm(model, comm)
-    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
+    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"],
+                         per_step_loss=cfg["loss"] == "per-step", sltt_k=cfg["sltt_k"],
+                         ottt_update=cfg["ottt_update"], seed=cfg["seed"])
+    loss_fn = ce_mse(cfg["loss_lambda"]) if cfg["loss"] == "per-step" else cross_entropy
+    update_each_step = getattr(method, "update_each_step", False)     # OTTT_O
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, T={cfg['T']}, "
         f"{title}: {n_train} training and {n_test} test samples, {steps_per_epoch} "
@@ -380,6 +411,14 @@ def main(argv=None):
 
     def lr_at(step):
         return cosine_lr(cfg["lr"], step, total_steps, warmup_steps)
+
+    grad_norms = []                 # of the optimizer steps in this batch (T of them for OTTT_O)
+
+    def update():
+        comm.average_gradients(params)                    # all ranks: the same gradient
+        grad_norms.append(clip_grad_norm(params, cfg["grad_clip"] or math.inf))
+        opt.step()
+        model.zero_grad()
 
     # -- evaluate ---------------------------------------------------------------------------------
     def evaluate(epoch, stop):
@@ -464,16 +503,21 @@ def main(argv=None):
                     xb, yb = shard(xb), shard(yb)                # this rank's part of the batch
                     opt.lr = lr_at(pos["step"])
                     model.zero_grad()
-                    loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
-                    comm.average_gradients(params)                # all ranks: the same gradient
+                    grad_norms.clear()
+                    if update_each_step:
+                        loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                                   loss_fn, after_step=update)
+                    else:
+                        loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                                   loss_fn)
+                        update()
                     # loss and hits of the global batch, and whether any rank was asked to stop:
                     # every rank decides the same below
                     loss, hits, n, stops = comm.sum_numbers(
                         loss * len(yb), (to_numpy(logits).argmax(1) == yb).sum(), len(yb),
                         stop.requested)
                     loss, stopping = loss / n, stops > 0
-                    grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
-                    opt.step()
+                    grad_norm = sum(grad_norms)           # finite exactly when every norm is
                     # spikes can hide a diverged network (NaN >= θ is False): check weights too
                     bad = ("loss" if not math.isfinite(loss) else
                            "gradient norm" if not math.isfinite(grad_norm) else

@@ -16,3 +16,31 @@ def cross_entropy(z, y):
     dz = xp.exp(logp)
     dz[rows, y] -= 1
     return float(loss), dz / B
+
+
+def mse_onehot(z, y):
+    """Mean squared error against one-hot targets, as a mean over all B·K entries.
+
+        L = (1/(B K)) Σ_{b,k} (z[b, k] − onehot(y)[b, k])²,   dL/dz = 2 (z − onehot(y)) / (B K)
+    """
+    xp = get_array_module(z)
+    diff = z.copy()
+    diff[xp.arange(z.shape[0]), y] -= 1
+    return float((diff * diff).mean()), 2 * diff / diff.size
+
+
+def ce_mse(loss_lambda):
+    """The loss (1 − λ_L) · CE(z, y) + λ_L · MSE(z, onehot(y)) as a loss function (z, y) ->
+    (loss, dz). λ_L = 0 is plain cross-entropy. Used per step by the online methods."""
+    if not 0.0 <= loss_lambda <= 1.0:
+        raise ValueError(f"loss lambda must be in [0, 1], got {loss_lambda}")
+
+    def loss_fn(z, y):
+        if loss_lambda == 0.0:
+            return cross_entropy(z, y)
+        ce, dce = cross_entropy(z, y)
+        mse, dmse = mse_onehot(z, y)
+        return ((1 - loss_lambda) * ce + loss_lambda * mse,
+                (1 - loss_lambda) * dce + loss_lambda * dmse)
+
+    return loss_fn

@@ -7,6 +7,7 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   avg_pool (AdaptiveAvgPool2d(1)), flatten, classifier.{0, 1, 2 ...}
     vgg11 / vggsnn_cifar          feature.{k}: Conv2d(bias) - BatchNorm2d - LIF triplets and pools,
                                   flatten, classifier.{0 ...}
+    vggsnn_dvs                    the same for 48x48 event frames: a last 2x2 average pool to 3x3
     sew_resnet34                  conv1, bn1, sn1, maxpool, layer{1-4}.{j}.{conv1, bn1, sn1, conv2,
                                   bn2, sn2, downsample.{0,1}, downsample_sn}, avgpool, flatten, fc
                                   (SpikingJelly's sew_resnet34, ADD connection)
@@ -14,7 +15,8 @@ Every model is a Container whose state dict keys equal those of the matching tor
                                   bn2, downsample.{0,1}}, avgpool, flatten, fc
     (the ImageNet models: 224x224 input, 7x7 stride-2 stem, 3x3 stride-2 max-pool, [3, 4, 6, 3]
     blocks of 64, 128, 256, 512 channels; see minirate/layers/residual.py for the blocks)
-    vggsnn_dvs                    the same for 48x48 event frames: a last 2x2 average pool to 3x3
+    vgg11_ws                      OTTT's VGG: feature.{k}: ScaledWSConv2d(bias) - LIF - Scale(2.74)
+                                  triplets and pools, global average pool, flatten, classifier.0
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -30,6 +32,8 @@ from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .layers.residual import PreActBlock, SEWBlock
+from .layers.scale import Scale
+from .layers.scaled_ws import ScaledWSConv2d
 
 
 class Net(Sequential):
@@ -106,8 +110,25 @@ def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, i
     return Net(parts)
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "sew_resnet34",
-         "preact_resnet34")
+def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
+    """VGG without batchnorm (OTTT): each conv is scaled-weight-standardized, each LIF is
+    followed by a fixed ×2.74; then global average pooling and one linear layer."""
+    feature, c_in = [], in_channels
+    for v in cfg:
+        if v == "A":
+            feature.append(AvgPool2d(2, 2))
+        else:
+            c = _ch(v, width)
+            feature += [ScaledWSConv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), make_neuron(),
+                        Scale(scale)]
+            c_in = c
+    feature.append(AdaptiveAvgPool2d(1))
+    return Net([("feature", Sequential(*feature)), ("flatten", Flatten()),
+                ("classifier", Sequential(Linear(c_in, num_classes, rng=rng)))])
+
+
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "vgg11_ws",
+         "sew_resnet34", "preact_resnet34")
 
 
 def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
@@ -142,4 +163,7 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "vggsnn_dvs":  # event frames (in_channels=2) at 48x48 -> 3x3 -> Linear(4608, K)
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"]
         return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "vgg11_ws":
+        cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]
+        return _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -9,21 +9,26 @@ Single-step mode ('s'): the network is stepped T times, each layer one step at a
 normalises each step with that step's batch statistics); the caches of every step are kept and
 backward is a reversed loop over steps, LIF layers carrying dL/du⁺ from step t+1 to step t.
 
-Loss: cross-entropy of the output averaged over steps.
+Loss: cross-entropy of the output averaged over steps (the default), or with `per_step_loss` the
+mean over steps of one loss per step, L = (1/T) Σ_t loss_fn(out_t, y); each step's output then
+gets its own gradient (∂loss_fn/∂out_t)/T instead of the shared (∂loss_fn/∂z̄)/T.
 """
+from ..backend import get_array_module
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import input_at, input_over_time, mean_over_time, spread_over_time
+from .common import (input_at, input_over_time, mean_over_time, per_step_loss,
+                     spread_over_time)
 
 
 class BPTT:
     name = "bptt"
 
-    def __init__(self, model, T, step_mode="m"):
+    def __init__(self, model, T, step_mode="m", per_step_loss=False):
         if step_mode not in ("m", "s"):
             raise ValueError(f"unknown step mode {step_mode!r}; choose m or s")
         self.model, self.T, self.step_mode = model, T, step_mode
+        self.per_step_loss = per_step_loss
         self.kept_bytes = 0       # bytes of caches held for backward in the last step
 
     def step(self, x, y, loss_fn=cross_entropy):
@@ -49,8 +54,12 @@ class BPTT:
         out = self.model.forward(input_over_time(x, T), run)         # (T*B, K)
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
         logits = mean_over_time(out, T)
-        loss, dlogits = loss_fn(logits, y)
-        self.model.backward(spread_over_time(dlogits, T), back)
+        if self.per_step_loss:
+            loss, dout = per_step_loss(out, y, loss_fn, T)
+        else:
+            loss, dlogits = loss_fn(logits, y)
+            dout = spread_over_time(dlogits, T)
+        self.model.backward(dout, back)
         return loss, logits
 
     def _step_single(self, x, y, loss_fn):
@@ -67,9 +76,15 @@ class BPTT:
                 return out
             return run
 
-        logits = sum(self.model.forward(input_at(x, t), run_at(t)) for t in range(T)) / T
+        outs = [self.model.forward(input_at(x, t), run_at(t)) for t in range(T)]
+        logits = sum(outs) / T
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
-        loss, dlogits = loss_fn(logits, y)
+        if self.per_step_loss:
+            loss, dout = per_step_loss(get_array_module(logits).concatenate(outs), y, loss_fn, T)
+            douts = dout.reshape(T, -1, *dout.shape[1:])      # (T*B, K) -> (T, B, K)
+        else:
+            loss, dlogits = loss_fn(logits, y)
+            douts = [dlogits / T] * T
         du_post = {}                            # LIF layer -> dL/du⁺ flowing from step t+1
 
         def back_at(t):
@@ -82,6 +97,6 @@ class BPTT:
             return back
 
         for t in reversed(range(T)):
-            self.model.backward(dlogits / T, back_at(t))
+            self.model.backward(douts[t], back_at(t))
             caches[t] = None                    # free step t's caches as soon as possible
         return loss, logits

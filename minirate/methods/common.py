@@ -61,3 +61,18 @@ def predict(model, x, T):
         return layer.forward(h, T)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
 
     return mean_over_time(model.forward(input_over_time(x, T), run), T)
+
+
+def per_step_loss(out, y, loss_fn, T):
+    """The per-step loss L = (1/T) Σ_t loss_fn(out_t, y) over outputs out (T*B, K).
+
+    Returns L and dL/dout (T*B, K): row block t is (∂loss_fn/∂out_t) / T.
+    """
+    xp = get_array_module(out)
+    out_t = out.reshape(T, -1, *out.shape[1:])          # (T*B, K) -> (T, B, K)
+    dout = xp.empty_like(out_t)
+    total = 0.0
+    for t in range(T):
+        loss_t, dout[t] = loss_fn(out_t[t], y)
+        total += loss_t / T
+    return total, (dout / T).reshape(out.shape)

@@ -20,6 +20,13 @@ One training step is two passes over the same layers.
                              time-averaged outputs (the layers after the last LIF are linear). Its
                              gradient is multiplied by 1/T when `scale_grad_by_T` (default, as the
                              published recipe does, so its hyperparameters carry over).
+     per-step loss           with `per_step_loss`, L = (1/T) Σ_t loss_fn(out_t, y) on the spike
+                             pass's outputs out_t (its value), and the rate-pass output, which
+                             stands for every step at once, gets the sum of their gradients,
+                             Σ_t (∂loss_fn/∂out_t)/T = mean_t ∂loss_fn/∂out_t: exactly how a rate
+                             pass treats every other gradient (Σ_t dy_t backpropagated once).
+                             At T = 1 this is BPTT with the per-step loss. Only that (B, K) sum is
+                             kept from the spike pass, so memory stays flat in T.
 
 rate_M ('m'): the spike pass runs each layer over all T*B samples at once; batchnorm statistics
     over T*B (the counterpart of multi-step BPTT).
@@ -41,23 +48,25 @@ from ..layers.base import cache_nbytes
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.lif import LIF, lif_rate_backward, rate_and_eligibility
 from ..losses import cross_entropy
-from .common import input_at, input_mean, input_over_time
+from .common import input_at, input_mean, input_over_time, mean_over_time, per_step_loss
 
 BN_TYPES = (BatchNorm1d, BatchNorm2d)
 
 
 class RateBP:
-    def __init__(self, model, T, step_mode="m", scale_grad_by_T=True):
+    def __init__(self, model, T, step_mode="m", scale_grad_by_T=True, per_step_loss=False):
         if step_mode not in ("m", "s"):
             raise ValueError(f"unknown step mode {step_mode!r}; choose m or s")
         self.model, self.T, self.step_mode = model, T, step_mode
         self.scale_grad_by_T = scale_grad_by_T
+        self.per_step_loss = per_step_loss
         self.name = "rate_m" if step_mode == "m" else "rate_s"
         self.kept_bytes = 0
 
     # -- pass 1 ---------------------------------------------------------------------------
     def spike_pass(self, x):
-        """Run T spiking steps; return {layer: (r, e)} for LIF and {layer: (μ_s, σ²_s)} for BN."""
+        """Run T spiking steps; return {layer: (r, e)} for LIF and {layer: (μ_s, σ²_s)} for BN,
+        and the network's outputs at every step (T*B, K)."""
         if self.step_mode == "m":
             return self._spike_pass_multi(x)
         return self._spike_pass_single(x)
@@ -77,8 +86,8 @@ class RateBP:
                 return layer.normalize(h, mean, var)
             return layer.forward(h)[0]
 
-        self.model.forward(input_over_time(x, T), run)
-        return stats
+        out = self.model.forward(input_over_time(x, T), run)        # (T*B, K)
+        return stats, out
 
     def _spike_pass_single(self, x):
         T, state, sums = self.T, {}, {}     # LIF -> LIFRateState; BN -> [Σ μ_t, Σ 1/(σ²_t + eps)]
@@ -96,17 +105,20 @@ class RateBP:
                 return layer.normalize(h, mean, var)
             return layer.forward(h)[0]
 
-        for t in range(T):
-            self.model.forward(input_at(x, t), run)
+        outs = [self.model.forward(input_at(x, t), run) for t in range(T)]
         stats = {layer: rate_and_eligibility(st) for layer, st in state.items()}
         for layer, (mean_sum, inv_sum) in sums.items():
             stats[layer] = (mean_sum / T, T / inv_sum - layer.eps)
-        return stats
+        return stats, self.model.xp.concatenate(outs)               # T x (B, K) -> (T*B, K)
 
     # -- pass 2 ---------------------------------------------------------------------------
     def step(self, x, y, loss_fn=cross_entropy):
         """Spike pass, then rate pass forward and backward; adds gradients. Returns (loss, logits)."""
-        stats = self.spike_pass(x)
+        stats, out = self.spike_pass(x)
+        if self.per_step_loss:                   # only Σ_t dL/dout_t (B, K) is kept
+            loss, dout = per_step_loss(out, y, loss_fn, self.T)
+            dlogits = self.T * mean_over_time(dout, self.T)
+        del out
         caches = {}
 
         def run(layer, h):
@@ -129,7 +141,8 @@ class RateBP:
 
         logits = self.model.forward(input_mean(x), run)   # (B, K): rate pass on the mean input
         self.kept_bytes = cache_nbytes(stats, caches, exclude=self.model.params_list())
-        loss, dlogits = loss_fn(logits, y)
+        if not self.per_step_loss:
+            loss, dlogits = loss_fn(logits, y)
         if self.scale_grad_by_T:
             dlogits = dlogits / self.T
         self.model.backward(dlogits, back)
