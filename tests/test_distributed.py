@@ -212,3 +212,43 @@ def test_synchronised_batchnorm_without_mpi(method, step_mode):
                 assert worst_difference(ref_state, state) <= 1e-10
             else:
                 assert worst_difference(ref_grads, grads) > 1e-6
+
+
+def test_ctrl_c_at_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGINT reaching one rank only: the ranks agree through the per-step sum, so all stop
+    after the same step and rank 0 saves it, instead of one rank waiting in a reduction that
+    the other never joins."""
+    import signal
+    import time
+    from minirate.checkpoint import load_checkpoint
+    launcher = _mpirun()
+    out = tmp_path / "o"
+    args = [launcher, "-n", "2", sys.executable, os.path.join(ROOT, "train.py"),
+            "--dataset", "cifar10-sample", "--arch", "small", "--width", "0.25", "--T", "2",
+            "--batch-size", "8", "--epochs", "50", "--no-progress", "--save-every", "1",
+            "--out", str(out), "--mpi-timeout", "60"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        t0 = time.time()
+        while not (out / "last.npz").exists():
+            assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+            time.sleep(0.05)
+        ranks = []
+        for pid in os.listdir("/proc"):
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            except (OSError, ValueError):
+                continue
+            if str(out).encode() in cmd and os.path.basename(cmd[0]) != b"mpirun":
+                ranks.append(int(pid))
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGINT)        # one rank, not the launcher
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted: saved" in err and "Traceback" not in err
+    pos = load_checkpoint(out / "last.npz")[1]["position"]
+    assert pos["step"] == pos["epoch"] * 125 + pos["batch"] and pos["step"] >= 1
