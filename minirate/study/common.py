@@ -20,6 +20,8 @@ from ..costs import method_costs
 from ..data.augment import normalize
 from ..data.cifar import SAMPLE, SPECS, load_cifar
 from ..data.events import EVENT_DATASETS, NUM_CLASSES, event_loaders
+from ..data.events.cache import cache_name
+from ..data.events.datasets import list_samples
 from ..layers.base import StateDictError
 from ..losses import ce_mse, cross_entropy
 from ..methods import METHODS, make_method
@@ -93,6 +95,9 @@ class DataSource(NamedTuple):
         if not self.events:
             x, y = load_images(self.dataset, self.data_dir, split)
             return normalize(x[:n], self.dataset), y[:n]
+        if not os.path.exists(os.path.join(self.cache_dir or self.data_dir, cache_name(
+                self.dataset, T, self.split_by, self.frame_size))):
+            list_samples(self.dataset, self.data_dir)       # missing recordings: fail first
         with contextlib.redirect_stdout(sys.stderr):        # the cache notice is not a result
             loaders = event_loaders(self.dataset, self.data_dir, T, 1, 1, flip=False, roll=0,
                                     size=self.frame_size, split_by=self.split_by,
@@ -100,6 +105,9 @@ class DataSource(NamedTuple):
                                     cache_dir=self.cache_dir or None, progress=sys.stderr.isatty())
         loader = loaders[0] if split == "train" else loaders[1]
         try:
+            if not len(loader.index):
+                raise StudyError(f"the {split} split of {self.dataset} in {self.data_dir} has no "
+                                 f"samples")
             pick = np.sort(np.random.default_rng(seed).permutation(len(loader.index))[:n])
             x = np.stack([loader.frames.frames(i) for i in loader.index[pick]])   # (N, T, ...)
             return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4)), loader.y[pick]
