@@ -13,6 +13,7 @@ from minirate.costs import method_costs
 from minirate.data.events.synthetic import write_cifar10dvs, write_gesture
 from minirate.models import build_model
 from minirate.study import gradient_alignment, memory_time
+from minirate.study import common
 from minirate.study.common import DataSource
 from tests.test_study import ENV, ROOT, batch, study_here
 
@@ -21,6 +22,22 @@ ONLINE = ["sltt", "ottt", "sltt:K=1"]
 
 def whole(rows, method, T):
     return next(r for r in rows if (r["method"], r["T"], r["param"]) == (method, T, "(all)"))
+
+
+def test_online_method_specs():
+    parse = common.parse_method_spec
+    assert parse("sltt") == ("sltt", "sltt", "s", None, 1) and parse("sltt").per_step_loss
+    assert parse("ottt") == ("ottt", "ottt", "s", None, 1) and parse("ottt").kwargs(4) == {}
+    assert parse("sltt:K=2").kwargs(4) == {"sltt_k": 2}
+    assert parse("sltt:K=8").kwargs(4) == {"sltt_k": 4}          # K of at most T steps
+    assert not parse("bptt:mode=s").per_step_loss and not parse("rate_s").per_step_loss
+
+
+@pytest.mark.parametrize("spec", ["ottt:K=2", "sltt:mode=m", "ottt:N=2", "sltt:K=0"])
+def test_bad_online_specs_give_one_line(tmp_path, monkeypatch, capsys, spec):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = study_here(["memory-time", "--methods", spec], capsys)
+    assert code == 2 and err.count("\n") == 1 and spec in err, err
 
 
 def test_online_gradients_are_their_reference_at_T1_and_not_at_T3():

@@ -13,7 +13,9 @@
 sltt and ottt step with their per-step loss ((1 − λ_L) CE + λ_L MSE at every step, --loss-lambda);
 the others with cross-entropy on the averaged output. With event data (--dataset cifar10dvs or
 dvsgesture) each T gets the same samples' frames binned into T frames, (T, B, 2, H, W), and the
-model takes 2 input channels.
+model takes 2 input channels. Kept bytes then include the whole input array wherever a cache
+holds a frame (a view keeps its (T, B, 2, H, W) base alive), so sltt and ottt grow by the input
+with T, and by nothing else.
 """
 import time
 
