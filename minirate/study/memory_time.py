@@ -122,7 +122,8 @@ def run(a, xp, bar):
     if not rows:
         raise StudyError("none of --methods is available in this build of minirate.methods")
     info = dict(arch=a.arch, width=a.width, batch_size=a.batch_size, device=a.device,
-                dtype="float32", data=source, dataset=data.dataset, loss_lambda=a.loss_lambda, steps=a.steps, warmup=a.warmup,
+                dtype="float32", data=source, dataset=data.dataset, loss_lambda=a.loss_lambda,
+                steps=a.steps, warmup=a.warmup,
                 peak="tracemalloc" if a.device == "cpu" else "CuPy memory pool",
                 costs="minirate/costs.py: dense ACs on spike inputs, ideal memory traffic")
     table = format_table(["method", "T", "step s", "kept MiB", "peak MiB"] + COST_HEADER,
