@@ -21,7 +21,7 @@ from minirate.data.cifar import DatasetError, load_cifar  # noqa: E402
 from minirate.losses import ce_mse  # noqa: E402
 from minirate.methods import make_method  # noqa: E402
 from minirate.models import build_model  # noqa: E402
-from minirate.study import _alignment, _dots  # noqa: E402
+from minirate.study.gradients import _alignment, _dots  # noqa: E402
 
 STEP_MODE = {"rate_m": "m", "rate_s": "s", "sltt": "s", "ottt": "s"}
 

@@ -36,6 +36,11 @@ of the call's input (in) / output (out) and once per call for the parameters (w)
                  needed; R w, W w for the    W dx; R w, W w for  W 2 (dI, du⁺)     (add: R 2 in,
                  gradient sums               the gradient sums                     W in)
     rate bwd     as bwd                      as bwd              R 2 (dr, e), W 1  as bwd
+    spatial bwd  as bwd                      as bwd              R 2 (ds, u),      as bwd
+    (sltt, ottt)                                                 W 1 (dI)
+    trace (ottt) nothing                     nothing             R 2 (â, s), W 1   pool fed by
+                                                                 (â)               spikes: R in,
+                                                                                   W out
 
 How each method calls the routines (B samples, T steps, windows of K steps):
 
@@ -45,6 +50,9 @@ How each method calls the routines (B samples, T steps, windows of K steps):
     rate_s    spike pass in T calls of B rows; rate pass as rate_m
     local     any of the above; the blocks' aux heads (global average pool + linear, per step)
               run with their block (not in the spike pass); first layers of blocks skip dx
+    sltt      fwd in T calls of B rows; a spatial bwd after each (SLTT-K: after K of them)
+    ottt      as sltt with every step's bwd, plus the trace update; a weight fed by spikes
+              takes its gradient against the trace â, which is real: dW = dy ⊛ â is MACs
 
 So truncation changes no arithmetic at all (every step is still forward and backward once), only
 how often parameters are re-read; local blocks remove the dx at block edges and add the heads.
@@ -61,8 +69,8 @@ from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
-COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s")
-FORWARD, BACKWARD = ("fwd", "spike", "rate"), ("bwd", "rate_bwd")
+COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
+FORWARD, BACKWARD = ("fwd", "spike", "rate", "trace"), ("bwd", "rate_bwd", "sbwd", "tbwd")
 SHAPED = (Conv2d, Linear, AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten)   # run in `trace`
 
 
@@ -223,8 +231,13 @@ def routine_cost(op, routine, batch, steps, calls, itemsize):
     n_in, n_out, w = rows * _size(op.in_shape), rows * _size(op.out_shape), calls * op.weights
     dx = op.needs_dx
     macs = acs = r = wr = 0
-    if op.kind in ("conv", "linear"):
-        spikes = op.spike_in and routine in ("fwd", "spike", "bwd")
+    if routine == "trace":                                          # OTTT's â_t = λ â_{t−1} + s_t
+        if op.kind == "lif":
+            r, wr = 2 * n_in, n_in
+        elif op.kind == "pool" and op.spike_in:
+            r, wr = n_in, n_out
+    elif op.kind in ("conv", "linear"):
+        spikes = op.spike_in and routine in ("fwd", "spike", "bwd", "sbwd")
         work = rows * op.macs
         if routine in FORWARD:
             acs, macs = (work, 0) if spikes else (0, work)
@@ -239,7 +252,8 @@ def routine_cost(op, routine, batch, steps, calls, itemsize):
         else:
             r, wr = 2 * n_out + 2 * w, n_in + w
     elif op.kind == "lif":
-        per = {"fwd": (2, 3), "spike": (5, 5), "rate": (0, 0), "bwd": (3, 2), "rate_bwd": (2, 1)}
+        per = {"fwd": (2, 3), "spike": (5, 5), "rate": (0, 0), "bwd": (3, 2), "rate_bwd": (2, 1),
+               "sbwd": (2, 1), "tbwd": (2, 1)}
         r, wr = (k * n_in for k in per[routine])
         if routine == "spike":
             wr += 2 * batch * _size(op.in_shape)                     # r and e, once
@@ -264,6 +278,11 @@ def method_passes(method, T, step_mode="m", window=None):
     if method in ("rate", "rate_m", "rate_s"):
         calls = T if method == "rate_s" else 1
         return [("spike", T, calls, False), ("rate", 1, 1, True), ("rate_bwd", 1, 1, True)]
+    if method == "sltt":                        # window: SLTT-K, K steps with a backward
+        K = T if window is None else min(window, T)
+        return [("fwd", T, T, True), ("sbwd", K, K, True)]
+    if method == "ottt":
+        return [("fwd", T, T, True), ("trace", T, T, True), ("tbwd", T, T, True)]
     raise ValueError(f"no cost model for method {method!r}; choose one of "
                      f"{', '.join(COST_METHODS)}")
 
@@ -299,7 +318,8 @@ def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=Non
                  local_blocks=1, split_at=None, itemsize=None, spike_input=False,
                  pooled_spikes=False):
     """Totals for one training step (see `sum_costs`) of `method` on a batch of `input_shape`:
-    (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt; local_blocks / split_at:
+    (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt, or SLTT-K's K for sltt;
+    local_blocks / split_at:
     local training (split_at: module names where blocks start; default `default_split`, among
     `model.split_points` where the model lists them).
     itemsize: bytes per number (default: the model's parameter dtype). spike_input,

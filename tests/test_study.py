@@ -113,7 +113,7 @@ def test_cli_memory_time_writes_and_names_its_files(tmp_path):
     doc = json.loads((tmp_path / "tmp" / "memory_time.json").read_text())
     rows = doc["rows"]
     assert {(row["method"], row["T"]) for row in rows} == {
-        (m, T) for m in ("bptt", "rate_m", "rate_s") for T in (1, 2)}
+        (m, T) for m in ("bptt", "rate_m", "rate_s", "sltt", "ottt") for T in (1, 2)}
     assert doc["info"]["data"] == "CIFAR-10 sample (bundled) test"     # the default: no data dir
     assert all(row["macs"] > 0 and row["acs"] > 0 and row["mem_bytes"] > 0 for row in rows)
     assert "GMAC" in r.stdout and "mem acc MiB" in r.stdout

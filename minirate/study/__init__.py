@@ -1,10 +1,12 @@
 """The method comparison, measured: one module per study, run by `python -m minirate.study`.
 
     memory_time.py    step time, kept and peak memory, MACs and memory accesses against T
-    gradients.py      each method's gradient against BPTT's (and the time-averaging limit)
+    gradients.py      each method's gradient against BPTT's (sltt, ottt: on the same per-step
+                      loss), and the time-averaging limit
     firing.py         firing rate of every LIF layer at every step of a trained network
     design_space.py   truncation window K x local blocks N: accuracy, memory, costs, time
-    plots.py          their figures;  common.py  inputs, method specs, outputs, CLI pieces
+    plots.py          their figures;  common.py  inputs (images or event frames), method specs,
+                      outputs, CLI pieces
     __main__.py       the command line
 """
 from .design_space import design_space

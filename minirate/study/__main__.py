@@ -4,10 +4,13 @@
     python -m minirate.study gradients --arch small --batch-size 16 --T 1,2,4
     python -m minirate.study firing --checkpoint runs/default/best.npz
     python -m minirate.study design-space --arch small --width 0.25 --K 1,2,4 --N 1,2,3
+    python -m minirate.study gradients --methods sltt,sltt:K=2,ottt --T 1,2,4
+    python -m minirate.study memory-time --dataset cifar10dvs --data-dir data --frame-size 48
 
 Each subcommand writes NAME.csv, NAME.json and NAME.png (design-space: one PNG per quantity)
 into --out and prints its table. Images come from the bundled CIFAR-10 sample unless --dataset /
---data-dir say otherwise; a data set that fails to load is an error.
+--data-dir say otherwise; --dataset cifar10dvs or dvsgesture feeds event frames (T, B, 2, H, W);
+a data set that fails to load is an error.
 """
 import argparse
 import importlib

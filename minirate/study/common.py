@@ -1,6 +1,7 @@
 """What every study shares: its inputs (images, checkpoints, method specs), memory measurement,
 progress, the output files and the command-line pieces."""
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -14,11 +15,15 @@ import numpy as np
 
 from ..backend import DEVICES, synchronize
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..cli import positive_float, positive_int
+from ..cli import positive_float, positive_int, unit_interval
 from ..costs import method_costs
 from ..data.augment import normalize
 from ..data.cifar import SAMPLE, SPECS, load_cifar
+from ..data.events import EVENT_DATASETS, NUM_CLASSES, event_loaders
+from ..data.events.cache import cache_name
+from ..data.events.datasets import list_samples
 from ..layers.base import StateDictError
+from ..losses import ce_mse, cross_entropy
 from ..methods import METHODS, make_method
 from ..models import ARCHS, build_model
 from ..progress import Progress
@@ -36,7 +41,89 @@ def note(text):
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
-# -- images -------------------------------------------------------------------------------
+# -- data: images, or event frames --------------------------------------------------------
+DATASETS = tuple(SPECS) + EVENT_DATASETS
+EVENT_KEYS = ("frame_size", "split_by", "event_split", "cache_dir")   # as train.py names them
+
+
+def num_classes_of(dataset):
+    return NUM_CLASSES[dataset] if dataset in EVENT_DATASETS else SPECS[dataset]["num_classes"]
+
+
+def in_channels_of(dataset):
+    """2 for event frames (one channel per polarity), 3 for RGB images."""
+    return 2 if dataset in EVENT_DATASETS else 3
+
+
+def title_of(dataset):
+    return f"{dataset} frames" if dataset in EVENT_DATASETS else SPECS[dataset]["title"]
+
+
+class DataSource(NamedTuple):
+    """Where a study's inputs come from: a data set, its folder and, for event data, how the
+    recordings become frames (train.py's --frame-size, --split-by, --event-split, --cache-dir)."""
+    dataset: str
+    data_dir: str
+    frame_size: int = 48
+    split_by: str = "count"
+    event_split: str = ""
+    cache_dir: str = ""
+
+    @property
+    def events(self):
+        return self.dataset in EVENT_DATASETS
+
+    @property
+    def in_channels(self):
+        return in_channels_of(self.dataset)
+
+    @property
+    def num_classes(self):
+        return num_classes_of(self.dataset)
+
+    def describe(self, split="test"):
+        if not self.events:
+            return f"{SPECS[self.dataset]['title']} {split}"
+        return (f"{self.dataset} {split} frames ({self.frame_size}x{self.frame_size}, by "
+                f"{self.split_by})")
+
+    def load(self, T, split="test", n=None, seed=0):
+        """Inputs and labels of a split: images normalised to float32 (N, 3, H, W), the same at
+        every T; event frames binned for T, float32 (T, N, 2, S, S), N samples drawn at random
+        (seeded) from the split (a class-ordered split's first samples are one class). n: at
+        most this many (None: all)."""
+        if not self.events:
+            x, y = load_images(self.dataset, self.data_dir, split)
+            return normalize(x[:n], self.dataset), y[:n]
+        if not os.path.exists(os.path.join(self.cache_dir or self.data_dir, cache_name(
+                self.dataset, T, self.split_by, self.frame_size))):
+            list_samples(self.dataset, self.data_dir)       # missing recordings: fail first
+        with contextlib.redirect_stdout(sys.stderr):        # the cache notice is not a result
+            loaders = event_loaders(self.dataset, self.data_dir, T, 1, 1, flip=False, roll=0,
+                                    size=self.frame_size, split_by=self.split_by,
+                                    split=self.event_split or None,
+                                    cache_dir=self.cache_dir or None, progress=sys.stderr.isatty())
+        loader = loaders[0] if split == "train" else loaders[1]
+        try:
+            if not len(loader.index):
+                raise StudyError(f"the {split} split of {self.dataset} in {self.data_dir} has no "
+                                 f"samples")
+            pick = np.sort(np.random.default_rng(seed).permutation(len(loader.index))[:n])
+            x = np.stack([loader.frames.frames(i) for i in loader.index[pick]])   # (N, T, ...)
+            return np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4)), loader.y[pick]
+        finally:
+            loader.frames.close()
+
+    def batch(self, T, batch_size):
+        """`batch_size` test inputs (x, y) at T: the first images, or frames drawn as in
+        `load` (the same samples at every T)."""
+        x, y = self.load(T, "test", batch_size)
+        if batch_size > len(y):
+            raise StudyError(f"--batch-size {batch_size} is larger than the {len(y)} test "
+                             f"samples of {self.dataset}")
+        return x, y
+
+
 def load_images(dataset, data_dir, split="test"):
     """uint8 (N, 32, 32, 3) images and int64 labels of a split. A data set that does not load
     is an error (DatasetError, one line), never a silent switch to other images."""
@@ -44,14 +131,12 @@ def load_images(dataset, data_dir, split="test"):
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
-def load_batch(dataset, data_dir, batch_size):
-    """The first `batch_size` test images, normalised: float32 (B, 3, 32, 32), int64 (B,), and a
-    text naming where they come from."""
-    x, y = load_images(dataset, data_dir)
-    if batch_size > len(x):
-        raise StudyError(f"--batch-size {batch_size} is larger than the {len(x)} test images "
-                         f"of {dataset}")
-    return normalize(x[:batch_size], dataset), y[:batch_size], f"{SPECS[dataset]['title']} test"
+def check_channels(model, data):
+    """A network trained on images cannot read event frames, nor the other way round."""
+    first = next(p for _, p, _, _ in model.parameters())
+    if first.ndim == 4 and first.shape[1] != data.in_channels:
+        raise StudyError(f"the network takes {first.shape[1]} input channels; {data.dataset} "
+                         f"has {data.in_channels}")
 
 
 def model_from_checkpoint(path):
@@ -59,12 +144,13 @@ def model_from_checkpoint(path):
     arrays, meta = load_checkpoint(path)
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or cfg.get("arch") not in ARCHS \
-            or cfg.get("dataset", "cifar10") not in SPECS:
+            or cfg.get("dataset", "cifar10") not in DATASETS:
         raise CheckpointError(f"{path} is not a checkpoint of train.py (no usable config)")
     neuron = {k: cfg[k] for k in NEURON_KEYS if k in cfg}
-    num_classes = SPECS[cfg.get("dataset", "cifar10")]["num_classes"]
+    dataset = cfg.get("dataset", "cifar10")
     try:
-        model = build_model(cfg["arch"], num_classes, cfg.get("width", 1.0), neuron)
+        model = build_model(cfg["arch"], num_classes_of(dataset), cfg.get("width", 1.0), neuron,
+                            in_channels=in_channels_of(dataset))
         model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                                if k.startswith("model/")})
     except (StateDictError, ValueError, TypeError) as e:
@@ -72,22 +158,29 @@ def model_from_checkpoint(path):
     return model, cfg
 
 
-# -- methods: 'bptt', 'rate_s', 'tbptt:K=2', 'local:N=2', 'tbptt:K=2:N=2', 'bptt:mode=s' ----------
-SPEC_NAMES = ("bptt", "rate", "rate_m", "rate_s", "tbptt", "local")
+# -- methods: 'bptt', 'rate_s', 'tbptt:K=2', 'local:N=2', 'tbptt:K=2:N=2', 'bptt:mode=s',
+#    'sltt', 'sltt:K=2', 'ottt' ---------------------------------------------------------------
+SPEC_NAMES = ("bptt", "rate", "rate_m", "rate_s", "tbptt", "local", "sltt", "ottt")
+ONLINE = ("sltt", "ottt")         # one loss per step, a spatial backward after each step
 
 
 class MethodSpec(NamedTuple):
     label: str            # as written
-    name: str             # method name for make_method: bptt, rate_m, rate_s, tbptt
-    step_mode: str        # 'm' or 's'
-    window: object        # K (tbptt), or None: all T steps
+    name: str             # method name for make_method: bptt, rate_m, rate_s, tbptt, sltt, ottt
+    step_mode: str        # 'm' or 's' (sltt and ottt: always 's', one step at a time)
+    window: object        # K: the tbptt window, or SLTT's steps with a backward; None: all T
     local_blocks: int     # N (1: end-to-end)
+
+    @property
+    def per_step_loss(self):
+        """True for the online methods: they train on (1/T) Σ_t loss_fn(out_t, y)."""
+        return self.name in ONLINE
 
     def kwargs(self, T):
         """make_method keyword arguments beyond the defaults (K is capped at T)."""
         kw = {}
         if self.window is not None:
-            kw["window"] = min(self.window, T)
+            kw["sltt_k" if self.name == "sltt" else "window"] = min(self.window, T)
         if self.local_blocks != 1:
             kw["local_blocks"] = self.local_blocks
         return kw
@@ -99,12 +192,14 @@ class MethodSpec(NamedTuple):
 
 
 def parse_method_spec(text):
-    """'name[:key=value...]' -> MethodSpec. Keys: K (tbptt window), N (local blocks), mode (m|s,
-    bptt/tbptt). 'local' is BPTT with local blocks (default N=2); 'rate' is rate_m."""
+    """'name[:key=value...]' -> MethodSpec. Keys: K (tbptt window; sltt: steps with a backward,
+    drawn at random per batch), N (local blocks), mode (m|s, bptt/tbptt/local). 'local' is BPTT
+    with local blocks (default N=2); 'rate' is rate_m; sltt and ottt run single-step."""
     name, *options = text.split(":")
     if name not in SPEC_NAMES:
         raise argparse.ArgumentTypeError(f"unknown method {name!r} in {text!r}; choose from "
-                                         f"{', '.join(SPEC_NAMES)} (e.g. tbptt:K=2, local:N=2)")
+                                         f"{', '.join(SPEC_NAMES)} (e.g. tbptt:K=2, local:N=2, "
+                                         f"sltt:K=2)")
     values = {}
     for opt in options:
         key, eq, value = opt.partition("=")
@@ -117,9 +212,12 @@ def parse_method_spec(text):
         blocks = positive_int(values.get("N", "2" if name == "local" else "1"))
     except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(f"method {text!r}: K and N {e}") from None
-    if window is not None and name != "tbptt":
-        raise argparse.ArgumentTypeError(f"method {text!r}: K= is the tbptt window")
-    mode = values.get("mode", "s" if name == "rate_s" else "m")
+    if window is not None and name not in ("tbptt", "sltt"):
+        raise argparse.ArgumentTypeError(f"method {text!r}: K= is the tbptt window or the "
+                                         f"sltt backward steps")
+    if blocks != 1 and name in ONLINE:
+        raise argparse.ArgumentTypeError(f"method {text!r}: N= (local blocks) is not for {name}")
+    mode = values.get("mode", "s" if name in ("rate_s",) + ONLINE else "m")
     if mode not in ("m", "s") or ("mode" in values and name not in ("bptt", "tbptt", "local")):
         raise argparse.ArgumentTypeError(f"method {text!r}: mode= is m or s, for bptt/tbptt/local")
     base = {"local": "bptt", "rate": "rate_m"}.get(name, name)
@@ -136,7 +234,8 @@ class MethodUnavailable(Exception):
 
 
 def build_method(spec, model, T, **extra):
-    """make_method for a spec, or MethodUnavailable naming what is missing."""
+    """make_method for a spec, or MethodUnavailable naming what is missing. The online methods
+    are given the per-step loss by `loss_for` at their step."""
     if spec.name not in METHODS:
         raise MethodUnavailable(f"{spec.label}: method {spec.name!r} is not registered in "
                                 f"minirate.methods (available: {', '.join(METHODS)})")
@@ -144,6 +243,12 @@ def build_method(spec, model, T, **extra):
         return make_method(spec.name, model, T, spec.step_mode, **spec.kwargs(T), **extra)
     except TypeError as e:                      # an option this build does not take
         raise MethodUnavailable(f"{spec.label}: {e}") from None
+
+
+def loss_for(spec, loss_lambda):
+    """The loss function a spec's method steps with: the per-step loss's (1 − λ_L) CE + λ_L MSE
+    for sltt and ottt (train.py's --loss-lambda), plain cross-entropy for the others."""
+    return ce_mse(loss_lambda) if spec.per_step_loss else cross_entropy
 
 
 def split_points(method):
@@ -286,23 +391,53 @@ def add_model_options(s):
 
 
 def add_common_options(s, batch_size, from_checkpoint=False):
-    """--batch-size, --device, --dataset, --data-dir, --out. from_checkpoint: --dataset and
-    --data-dir default to those in the checkpoint's config (see `checkpoint_data`)."""
-    s.add_argument("--batch-size", type=positive_int, default=batch_size, help="images")
+    """--batch-size, --device, --dataset, --data-dir, the event-frame options (as train.py
+    names them), --out. from_checkpoint: the data options default to those in the checkpoint's
+    config (see `data_source`)."""
+    s.add_argument("--batch-size", type=positive_int, default=batch_size, help="samples")
     s.add_argument("--device", choices=DEVICES, default="cpu", help="cuda needs CuPy")
     own = " (default: the checkpoint's own, else %s)" % SAMPLE if from_checkpoint else ""
-    s.add_argument("--dataset", choices=tuple(SPECS), default=None if from_checkpoint else SAMPLE,
-                   help=f"images{own}; {SAMPLE} ships with minirate (no --data-dir needed)")
+    s.add_argument("--dataset", choices=DATASETS, default=None if from_checkpoint else SAMPLE,
+                   help=f"images or event frames{own}; {SAMPLE} ships with minirate (no "
+                        f"--data-dir needed); event data feed (T, B, 2, H, W) frames")
     s.add_argument("--data-dir", default=None if from_checkpoint else "data",
-                   help="folder holding cifar-10-batches-py/ for --dataset cifar10 (e.g. "
-                        "../shared/data/cifar10-subset); a folder that fails to load is an "
-                        "error" + (" (default: the checkpoint's own)" if from_checkpoint else ""))
+                   help="folder holding the data set (cifar-10-batches-py/ for cifar10, e.g. "
+                        "../shared/data/cifar10-subset; CIFAR10-DVS/ or DvsGesture/ for event "
+                        "data); a folder that fails to load is an error"
+                        + (" (default: the checkpoint's own)" if from_checkpoint else ""))
+    g = s.add_argument_group("event data (cifar10dvs, dvsgesture)" + (
+        "; default: the checkpoint's own" if from_checkpoint else ""))
+    g.add_argument("--frame-size", type=positive_int, default=None,
+                   help="frames resized (bilinear) to N x N (default 48)")
+    g.add_argument("--split-by", choices=("count", "time"), default=None,
+                   help="events into T frames by equal event count or equal time (default count)")
+    g.add_argument("--event-split", default=None,
+                   help="named train/test split (default: the data set's own)")
+    g.add_argument("--cache-dir", default=None,
+                   help="folder of the HDF5 frame cache (default: --data-dir)")
     s.add_argument("--out", default="runs/study", help="folder for the csv/json/png files")
 
 
-def checkpoint_data(a, cfg):
-    """(dataset, data_dir): --dataset / --data-dir where given, else the checkpoint config's
-    (train.py saves both), else the bundled sample."""
-    dataset = a.dataset or (cfg or {}).get("dataset") or SAMPLE
-    data_dir = a.data_dir or (cfg or {}).get("data_dir") or "data"
-    return dataset, data_dir
+def add_loss_option(s):
+    s.add_argument("--loss-lambda", type=unit_interval, default=0.05,
+                   help="λ_L of the per-step loss (1 − λ_L) CE + λ_L MSE that sltt and ottt "
+                        "train on, in [0, 1] (train.py's default)")
+
+
+def data_source(a, cfg=None):
+    """The DataSource of a command line: --dataset / --data-dir and the event options where
+    given, else the checkpoint config's (train.py saves them all), else the bundled sample and
+    train.py's defaults."""
+    cfg = cfg or {}
+    dataset = a.dataset or cfg.get("dataset") or SAMPLE
+    if dataset not in DATASETS:
+        raise StudyError(f"data set {dataset!r} is not one of {', '.join(DATASETS)}")
+    pick = lambda key, default: next(  # noqa: E731
+        v for v in (getattr(a, key, None), cfg.get(key), default) if v is not None)
+    source = DataSource(dataset, pick("data_dir", "data"), int(pick("frame_size", 48)),
+                        pick("split_by", "count"), pick("event_split", ""),
+                        pick("cache_dir", ""))
+    if not source.events and any(getattr(a, k, None) is not None for k in EVENT_KEYS):
+        raise StudyError("--frame-size, --split-by, --event-split and --cache-dir are for event "
+                         "data (--dataset cifar10dvs or dvsgesture)")
+    return source

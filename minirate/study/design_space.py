@@ -14,6 +14,10 @@ K = T with N = 1 is plain BPTT), then:
 
 The table goes to design_space.csv/.json, the heat maps (K across, N down) to design_space.png
 (measured) and design_space_costs.png (counted).
+
+With event data (--dataset cifar10dvs or dvsgesture) the cells train on frames binned for T,
+(T, B, 2, H, W), without augmentation: --train-steps x --batch-size training samples drawn at
+random (seeded) from the training split, tested on the whole test split.
 """
 import time
 
@@ -22,15 +26,13 @@ import numpy as np
 from ..backend import get_array_module, synchronize
 from ..cli import positive_float, positive_int
 from ..costs import model_split_candidates, trace
-from ..data.augment import normalize
-from ..data.cifar import SPECS
 from ..methods import predict
 from ..models import build_model
 from ..optim import SGD
 from .common import (COST_KEYS, MiB, MethodSpec, MethodUnavailable, StudyError,
                      add_common_options, add_model_options, build_method, cost_cells,
-                     format_table, int_list, load_images, note, peak_step_bytes,
-                     split_points)
+                     data_source, format_table, int_list, note, peak_step_bytes, split_points,
+                     title_of)
 from .plots import plot_design_space
 
 
@@ -41,35 +43,42 @@ def cell_spec(K, N, T, step_mode="m"):
     return MethodSpec(f"tbptt:K={K}:N={N}", "tbptt", step_mode, min(K, T), N)
 
 
+def take(x, idx):
+    """Samples idx of images (N, ...) or of frames (T, N, ...)."""
+    return x[:, idx] if x.ndim == 5 else x[idx]
+
+
 def evaluate(model, x, y, T, batch_size):
-    """Accuracy of `model` on normalised images x (N, C, H, W), eval mode, in batches."""
+    """Accuracy of `model` on normalised images x (N, C, H, W) or frames x (T, N, C, H, W),
+    eval mode, in batches."""
     xp = get_array_module(model.params_list()[0])
     model.eval()
     try:
         correct = 0
-        for i in range(0, len(x), batch_size):
-            logits = predict(model, xp.asarray(x[i:i + batch_size]), T)
-            correct += int((logits.argmax(axis=1) == xp.asarray(y[i:i + batch_size])).sum())
+        for i in range(0, len(y), batch_size):
+            part = np.arange(i, min(i + batch_size, len(y)))
+            logits = predict(model, xp.asarray(take(x, part)), T)
+            correct += int((logits.argmax(axis=1) == xp.asarray(y[part])).sum())
     finally:
         model.train()
-    return correct / len(x)
+    return correct / len(y)
 
 
 def train_cell(spec, model, T, data, steps, batch_size, lr, seed, on_step=None):
     """`steps` SGD steps (momentum 0.9) of spec's method on data = (x_train, y_train, x_test,
-    y_test) (normalised float32 NCHW, int64). Returns the measured columns, or None where the
-    method is not in this build."""
+    y_test): normalised float32 images (N, C, H, W) or frames (T, N, C, H, W), int64 labels.
+    Returns the measured columns, or None where the method is not in this build."""
     xp = get_array_module(model.params_list()[0])
     x_train, y_train, x_test, y_test = data
     method = build_method(spec, model, T)
     opt = SGD(model.parameters(), lr, momentum=0.9)
     rng = np.random.default_rng(seed)
-    order, times, losses, peak = rng.permutation(len(x_train)), [], [], 0
+    order, times, losses, peak = rng.permutation(len(y_train)), [], [], 0
     for step in range(steps):
         if (step + 1) * batch_size > len(order):
-            order = np.concatenate([order, rng.permutation(len(x_train))])
+            order = np.concatenate([order, rng.permutation(len(y_train))])
         idx = order[step * batch_size:(step + 1) * batch_size]
-        x, y = xp.asarray(x_train[idx]), xp.asarray(y_train[idx])
+        x, y = xp.asarray(take(x_train, idx)), xp.asarray(y_train[idx])
         model.zero_grad()
         t0 = time.perf_counter()
         if step == 0:                               # the first step: peak memory, not timed
@@ -96,10 +105,12 @@ def design_space(data, Ks, Ns, T, arch="small", width=1.0, num_classes=10, step_
     """One row per (K, N): K, N, method, ran, the measured columns of `train_cell` (None where
     the method is not in this build) and the costs of one step (`costs.sum_costs`)."""
     rows, cells = [], [(K, N) for N in Ns for K in Ks]
-    x_shape = (batch_size,) + tuple(data[0].shape[1:])
+    x0 = data[0]
+    x_shape = ((T, batch_size) if x0.ndim == 5 else (batch_size,)) + tuple(x0.shape[-3:])
     for i, (K, N) in enumerate(cells):
         spec = cell_spec(K, N, T, step_mode)
-        model = build_model(arch, num_classes, width, seed=seed).to(xp, np.float32)
+        model = build_model(arch, num_classes, width, seed=seed,
+                            in_channels=x0.shape[-3]).to(xp, np.float32)
         report = (lambda s, loss, i=i, spec=spec:
                   on_cell(i, len(cells), cell=spec.label, train_step=s + 1, loss=loss)
                   ) if on_cell else None
@@ -141,22 +152,24 @@ def add_parser(sub, fmt):
 def run(a, xp, bar):
     if max(a.K) > a.T:
         raise StudyError(f"--K {max(a.K)} is longer than --T {a.T}: a window holds at most T steps")
-    x_train, y_train = load_images(a.dataset, a.data_dir, "train")
-    x_test, y_test = load_images(a.dataset, a.data_dir, "test")
-    if a.batch_size > len(x_train):
-        raise StudyError(f"--batch-size {a.batch_size} is larger than the {len(x_train)} "
-                         f"training images of {a.dataset}")
-    num_classes = SPECS[a.dataset]["num_classes"]
-    probe = build_model(a.arch, num_classes, a.width, seed=a.seed)
-    H, W, C = x_train.shape[1:]                       # uint8 images are (N, H, W, C)
-    most = 1 + len(model_split_candidates(probe, trace(probe, (C, H, W))))
+    source = data_source(a)
+    n_train = a.train_steps * a.batch_size if source.events else None   # frames: what is used
+    x_train, y_train = source.load(a.T, "train", n_train, a.seed)
+    x_test, y_test = source.load(a.T, "test")
+    if a.batch_size > len(y_train):
+        raise StudyError(f"--batch-size {a.batch_size} is larger than the {len(y_train)} "
+                         f"training samples of {a.dataset}")
+    num_classes = source.num_classes
+    probe = build_model(a.arch, num_classes, a.width, seed=a.seed, in_channels=source.in_channels)
+    most = 1 + len(model_split_candidates(probe, trace(probe, x_train.shape[-3:])))
     if max(a.N) > most:
         raise StudyError(f"--N {max(a.N)}: {a.arch} can be cut into at most {most} local blocks")
-    data = (normalize(x_train, a.dataset), y_train, normalize(x_test, a.dataset), y_test)
+    data = (x_train, y_train, x_test, y_test)
     rows = design_space(data, a.K, a.N, a.T, a.arch, a.width, num_classes, a.step_mode,
                         a.train_steps, a.batch_size, a.lr, a.seed, xp, on_cell=bar)
     info = dict(arch=a.arch, width=a.width, T=a.T, step_mode=a.step_mode, dataset=a.dataset,
-                train_images=len(x_train), test_images=len(x_test), batch_size=a.batch_size,
+                data=source.describe("train"), train_images=len(y_train),
+                test_images=len(y_test), batch_size=a.batch_size,
                 train_steps=a.train_steps, lr=a.lr, momentum=0.9, seed=a.seed, device=a.device,
                 split_default="costs.default_split (equal forward MACs per block) unless the "
                               "method reports its own split_at")
@@ -169,6 +182,6 @@ def run(a, xp, bar):
                            fmt(r["peak_bytes"] and r["peak_bytes"] / MiB, "{:.2f}"),
                            fmt(r["step_time_s"], "{:.3f}")] + cost_cells(r) for r in rows])
     title = (f"{a.arch} (width {a.width}), T={a.T} ({a.step_mode}), batch {a.batch_size}, "
-             f"{a.train_steps} steps, {SPECS[a.dataset]['title']}")
+             f"{a.train_steps} steps, {title_of(a.dataset)}")
     return rows, info, table, plot_design_space, title
 

@@ -1,6 +1,7 @@
-"""Study 3, firing: a trained network in eval mode on test images of the data set it was trained
-on (the checkpoint's own --dataset and --data-dir, unless given): each LIF layer's mean firing
-rate at step t, r_t = mean over samples and neurons of s_t, and over all steps (1/T) Σ_t r_t.
+"""Study 3, firing: a trained network in eval mode on test samples of the data set it was
+trained on (the checkpoint's own --dataset, --data-dir and, for event data, frame options, unless
+given): each LIF layer's mean firing rate at step t, r_t = mean over samples and neurons of s_t,
+and over all steps (1/T) Σ_t r_t. Images are fed at every step; event data feed frame t at step t.
 """
 import os
 
@@ -8,14 +9,15 @@ import numpy as np
 
 from ..cli import positive_int
 from ..layers.lif import LIF
-from ..methods.common import repeat_over_time
-from .common import add_common_options, checkpoint_data, format_table, load_batch, \
+from ..methods.common import input_over_time
+from .common import add_common_options, check_channels, data_source, format_table, \
     model_from_checkpoint
 from .plots import plot_firing
 
 
 def firing_rates(model, x, T):
-    """Mean firing rate of every LIF layer on images x (B, C, H, W) over T steps, eval mode.
+    """Mean firing rate of every LIF layer on images x (B, C, H, W) or frames x (T, B, C, H, W)
+    over T steps, eval mode.
 
     Returns, for each LIF layer in forward order (depth 0, 1, ...), T rows with step = 1..T and
     rate = mean of s_t over samples and neurons, then one row with step = 'all' and the mean
@@ -24,7 +26,7 @@ def firing_rates(model, x, T):
     training = model.training
     model.eval()
     names = {id(m): name for name, m in model.named_modules()}
-    B, rows = x.shape[0], []
+    B, rows = x.shape[-4], []
 
     def run(layer, h):
         if not isinstance(layer, LIF):
@@ -38,7 +40,7 @@ def firing_rates(model, x, T):
         return s
 
     try:
-        model.forward(repeat_over_time(x, T), run)
+        model.forward(input_over_time(x, T), run)
     finally:
         model.train(training)
     return rows
@@ -49,12 +51,14 @@ def run(a, xp, bar):
     T = a.T or int(cfg.get("T", 4))
     dtype = np.dtype(cfg.get("dtype", "float32"))
     model.to(xp, dtype)
-    dataset, data_dir = checkpoint_data(a, cfg)
-    x, _, source = load_batch(dataset, data_dir, a.batch_size)
+    data = data_source(a, cfg)
+    check_channels(model, data)
+    x, _ = data.batch(T, a.batch_size)
+    source = data.describe()
     bar(0, 1, T=T, images=a.batch_size)
     rows = firing_rates(model, xp.asarray(x, dtype=dtype), T)
     info = dict(checkpoint=a.checkpoint, arch=cfg["arch"], width=cfg.get("width", 1.0),
-                dataset=dataset, T=T, batch_size=a.batch_size,
+                dataset=data.dataset, T=T, batch_size=a.batch_size,
                 device=a.device, data=source)
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     table = format_table(["layer", "neurons"] + [f"t={t}" for t in range(1, T + 1)] + ["all"],

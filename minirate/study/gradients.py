@@ -12,27 +12,37 @@ the rate methods built with scale_grad_by_T=False: their default multiplies the 
 (`time_average_limit`) is BPTT's own backward with each layer's input averaged over time: the
 misalignment that averaging alone causes, even with exact upstream gradients. Each '(all)' row
 also carries the step's MACs, ACs and memory accesses (minirate/costs.py).
+
+The online methods sltt and ottt (and SLTT-K, 'sltt:K=2') train on the per-step loss
+(1/T) Σ_t ((1 − λ_L) CE + λ_L MSE)(out_t, y) and step one time step at a time, so their
+reference is single-step BPTT on that same per-step loss (λ_L: --loss-lambda, train.py's default
+0.05): what they drop is then exactly the temporal part of BPTT's gradient (SLTT), or that part
+replaced by presynaptic traces (OTTT). At T = 1 both equal their reference. The rate methods,
+tbptt and local keep the loss on the averaged output (cross-entropy) and BPTT in their own mode.
+
+With event data (--dataset cifar10dvs or dvsgesture) each T gets the same samples' frames binned
+into T frames, (T, B, 2, H, W), and the model takes 2 input channels.
 """
 import argparse
 import math
 
 import numpy as np
 
-from ..data.cifar import SPECS
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from ..methods import BPTT
+from ..losses import cross_entropy
 from ..methods.common import mean_over_time
 from ..models import build_model
 from .common import (COST_HEADER, COST_KEYS, MethodUnavailable, StudyError, add_common_options,
-                     add_model_options, build_method, checkpoint_data, cost_cells, format_table,
-                     int_list, load_batch, model_from_checkpoint, note, parse_method_spec,
-                     split_points)
+                     add_loss_option, add_model_options, build_method, check_channels,
+                     cost_cells, data_source, format_table, int_list, loss_for,
+                     model_from_checkpoint, note, parse_method_spec, split_points)
 from .plots import plot_gradients
 
 LIMIT = "avg_limit"     # not a method: `time_average_limit`, compared like one
-DEFAULT_METHODS = f"rate_m,rate_s,{LIMIT}"
+DEFAULT_METHODS = f"rate_m,rate_s,sltt,ottt,{LIMIT}"
 
 
 def method_list(text):
@@ -57,11 +67,11 @@ def weight_depths(model):
     return {name: depth for depth, name in enumerate(names)}
 
 
-def _gradients(model, method, x, y):
+def _gradients(model, method, x, y, loss_fn=cross_entropy):
     """{parameter name: gradient} after one step of `method` (a local method's aux heads
     included; only the names the reference has are compared)."""
     model.zero_grad()
-    method.step(x, y)
+    method.step(x, y, loss_fn)
     return {name: g.copy() for name, _, g, _ in model.parameters()}
 
 
@@ -115,23 +125,37 @@ def time_average_limit(model, x, y, T):
     return {name: g.copy() for name, _, g, _ in model.parameters()}
 
 
-def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=None):
-    """Gradient of each method against BPTT's (same step mode) on batch (x, y), same weights.
+def reference_of(spec):
+    """(step mode, per-step loss) of the BPTT run a method is compared with."""
+    if spec == LIMIT:
+        return "m", False
+    return spec.step_mode, spec.per_step_loss
 
-    methods: MethodSpecs, spec texts ('rate_m', 'tbptt:K=2', 'local:N=2') or LIMIT; one not in
+
+def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=None,
+                       loss_lambda=0.05):
+    """Gradient of each method against BPTT's (same step mode; for sltt and ottt single-step
+    BPTT on the same per-step loss, λ_L = loss_lambda) on batch (x, y), same weights.
+
+    x, y: images (B, C, H, W) or frames (T, B, C, H, W) for a single T; or x a function
+    T -> (x, y) (frames binned for each T) and y None. methods: MethodSpecs, spec texts
+    ('rate_m', 'tbptt:K=2', 'local:N=2', 'sltt', 'sltt:K=2', 'ottt') or LIMIT; one not in
     this build is skipped with a note. Runs in the model's dtype (use float64); training mode
     (batch statistics), so the running statistics move but nothing that is compared depends on
     them. Returns one dict per (method, T, parameter) plus one with param '(all)': cosine,
     norm_ratio, norm_method, norm_bptt, depth (index among conv/linear weights; None for other
-    parameters), and on the '(all)' row the step's costs (`costs.sum_costs`; None for LIMIT).
+    parameters), bptt_mode, per_step_loss (of the reference and the method), and on the
+    '(all)' row the step's costs (`costs.sum_costs`; None for LIMIT).
     """
+    batch_at = x if callable(x) else (lambda T: (x, y))
     model.train()
     names = [name for name, _, _, _ in model.parameters()]
     depth = weight_depths(model)
     specs = [m if m == LIMIT or not isinstance(m, str) else parse_method_spec(m) for m in methods]
     rows, n, i, skipped = [], len(specs) * len(Ts), 0, set()
     for T in Ts:
-        reference = {}                      # step mode -> BPTT gradients at this T
+        reference = {}                      # (step mode, per-step loss) -> BPTT's gradients
+        xb, yb = batch_at(T)
         for spec in specs:
             label = LIMIT if spec == LIMIT else spec.label
             if on_cell:
@@ -139,12 +163,14 @@ def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=No
             i += 1
             if label in skipped:
                 continue
-            mode = "m" if spec == LIMIT else spec.step_mode
-            if mode not in reference:
-                reference[mode] = _gradients(model, BPTT(model, T, mode), x, y)
+            ref = mode, per_step = reference_of(spec)
+            loss_fn = loss_for(spec, loss_lambda) if spec != LIMIT else cross_entropy
+            if ref not in reference:
+                reference[ref] = _gradients(model, BPTT(model, T, mode, per_step), xb, yb,
+                                            loss_fn)
             costs = dict.fromkeys(COST_KEYS)
             if spec == LIMIT:
-                g_method = time_average_limit(model, x, y, T)
+                g_method = time_average_limit(model, xb, yb, T)
             else:
                 try:
                     method = build_method(spec, model, T, scale_grad_by_T=False)
@@ -152,24 +178,29 @@ def gradient_alignment(model, x, y, Ts, methods=("rate_m", "rate_s"), on_cell=No
                     note(f"skipped {e}")
                     skipped.add(label)
                     continue
-                g_method = _gradients(model, method, x, y)
-                costs = spec.costs(model, x.shape, T, split_points(method))
+                g_method = _gradients(model, method, xb, yb, loss_fn)
+                costs = spec.costs(model, xb.shape, T, split_points(method))
             total = np.zeros(3)
             for p_name in names:
-                dots = _dots(g_method[p_name], reference[mode][p_name])
+                dots = _dots(g_method[p_name], reference[ref][p_name])
                 total += dots
-                rows.append(dict(method=label, T=T, bptt_mode=mode, param=p_name,
+                rows.append(dict(method=label, T=T, bptt_mode=mode, per_step_loss=per_step,
+                                 param=p_name,
                                  depth=depth.get(p_name),
                                  **_alignment(dots), **dict.fromkeys(COST_KEYS)))
-            rows.append(dict(method=label, T=T, bptt_mode=mode, param="(all)", depth=None,
+            rows.append(dict(method=label, T=T, bptt_mode=mode, per_step_loss=per_step,
+                             param="(all)", depth=None,
                              **_alignment(total),
                              **costs))
     return rows
 
 
-def reference_mode(label):
-    """The step mode of the BPTT reference of a method label."""
-    return "m" if label == LIMIT else parse_method_spec(label).step_mode
+def describe_reference(label, loss_lambda):
+    """The BPTT run a method label is compared with, in words."""
+    mode, per_step = reference_of(label if label == LIMIT else parse_method_spec(label))
+    loss = (f"per-step loss (1 - {loss_lambda}) CE + {loss_lambda} MSE" if per_step
+            else "cross-entropy of the averaged output")
+    return f"bptt step mode {mode}, {loss}"
 
 
 def run(a, xp, bar):
@@ -178,23 +209,36 @@ def run(a, xp, bar):
         model, cfg = model_from_checkpoint(a.checkpoint)
         weights = a.checkpoint
         a.arch, a.width = cfg["arch"], cfg.get("width", 1.0)
-    else:
-        num_classes = SPECS[checkpoint_data(a, None)[0]]["num_classes"]
-        model = build_model(a.arch, num_classes, a.width, seed=a.seed)
+    data = data_source(a, cfg)
+    if not a.checkpoint:
+        model = build_model(a.arch, data.num_classes, a.width, seed=a.seed,
+                            in_channels=data.in_channels)
         weights = f"fresh init, seed {a.seed}"
+    check_channels(model, data)
     model.to(xp, np.float64)
-    dataset, data_dir = checkpoint_data(a, cfg)
-    x, y, source = load_batch(dataset, data_dir, a.batch_size)
+    batches = {}
+
+    def batch_at(T):            # images: the same batch at every T; event frames: binned for T
+        key = T if data.events else None
+        if key not in batches:
+            x, y = data.batch(T, a.batch_size)
+            batches[key] = xp.asarray(x, dtype=np.float64), xp.asarray(y)
+        return batches[key]
+
+    source = data.describe()
+    batch_at(a.T[0])            # a data set that does not load fails before the first cell
     depths = weight_depths(model)           # before a local method adds its aux heads
-    rows = gradient_alignment(model, xp.asarray(x, dtype=np.float64), xp.asarray(y), a.T,
-                              a.methods, on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T))
+    rows = gradient_alignment(model, batch_at, None, a.T, a.methods,
+                              on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T),
+                              loss_lambda=a.loss_lambda)
     if not rows:
         raise StudyError("none of --methods is available in this build of minirate.methods")
     labels = list(dict.fromkeys(r["method"] for r in rows))
-    info = dict(arch=a.arch, width=a.width, dataset=dataset, batch_size=a.batch_size,
+    info = dict(arch=a.arch, width=a.width, dataset=data.dataset, batch_size=a.batch_size,
                 device=a.device, dtype="float64", data=source, weights=weights,
                 scale_grad_by_T=False, costs="minirate/costs.py, memory at 8 bytes per number",
-                reference={m: f"bptt step mode {reference_mode(m)}" for m in labels})
+                loss_lambda=a.loss_lambda,
+                reference={m: describe_reference(m, a.loss_lambda) for m in labels})
     summary = []
     for r in (r for r in rows if r["param"] == "(all)"):
         ws = [w for w in rows if (w["method"], w["T"]) == (r["method"], r["T"])
@@ -215,6 +259,10 @@ def run(a, xp, bar):
     table += "\n\ncosine per conv/linear weight:\n" + format_table(
         ["depth", "weight"] + [f"{m} T={T}" for m, T in cells], per_weight)
     table += "\n(rate methods without the 1/T loss-gradient factor, so norm ratios compare)"
+    online = [m for m in labels if m != LIMIT and parse_method_spec(m).per_step_loss]
+    if online:
+        table += (f"\n({', '.join(online)}: against {describe_reference(online[0], a.loss_lambda)}"
+                  f"; the others against BPTT on the cross-entropy of the averaged output)")
     title = (f"gradient cosine with BPTT: {a.arch} (width {a.width}), batch {a.batch_size}, "
              f"float64, {source}")
     return rows, info, table, plot_gradients, title
@@ -225,15 +273,19 @@ def add_parser(sub, fmt):
                        description="Cosine and norm ratio of each method's gradient against "
                                    "BPTT's, per parameter tensor, in float64, with each step's "
                                    "MACs, ACs and memory accesses. Rate methods run with "
-                                   "scale_grad_by_T=False so that norms compare. "
+                                   "scale_grad_by_T=False so that norms compare. sltt and ottt "
+                                   "are compared with single-step BPTT on the same per-step "
+                                   "loss (--loss-lambda). "
                                    f"'{LIMIT}' is BPTT's own backward with every layer input "
                                    "averaged over time: what averaging alone costs.",
                        allow_abbrev=False)
     s.add_argument("--methods", type=method_list, default=DEFAULT_METHODS,
-                   help=f"comma-separated: rate_m, rate_s, {LIMIT}, tbptt:K=2, local:N=2, "
-                        "tbptt:K=2:N=2, bptt:mode=s:N=2; BPTT is the reference")
+                   help=f"comma-separated: rate_m, rate_s, sltt, sltt:K=2, ottt, {LIMIT}, "
+                        "tbptt:K=2, local:N=2, tbptt:K=2:N=2, bptt:mode=s:N=2; BPTT is the "
+                        "reference")
     s.add_argument("--T", type=int_list, default="1,2,4,6,8", help="comma-separated time steps")
     s.add_argument("--checkpoint", default="",
                    help="weights saved by train.py (its arch/width replace --arch/--width)")
+    add_loss_option(s)
     add_model_options(s)
     add_common_options(s, 16, from_checkpoint=True)

@@ -9,6 +9,13 @@
                   CuPy memory pool's used bytes, read after every allocation of the step
     costs         MACs, ACs (accumulates on spike inputs) and memory accesses of one step,
                   counted from the layer shapes (minirate/costs.py)
+
+sltt and ottt step with their per-step loss ((1 − λ_L) CE + λ_L MSE at every step, --loss-lambda);
+the others with cross-entropy on the averaged output. With event data (--dataset cifar10dvs or
+dvsgesture) each T gets the same samples' frames binned into T frames, (T, B, 2, H, W), and the
+model takes 2 input channels. Kept bytes then include the whole input array wherever a cache
+holds a frame (a view keeps its (T, B, 2, H, W) base alive), so sltt and ottt grow by the input
+with T, and by nothing else.
 """
 import time
 
@@ -18,25 +25,27 @@ from ..backend import get_array_module, synchronize
 from ..cli import positive_int
 from ..models import build_model
 from .common import (COST_HEADER, COST_KEYS, MiB, MethodUnavailable, add_common_options,
-                     add_model_options, build_method, cost_cells, format_table, int_list,
-                     load_batch, method_specs, note, parse_method_spec, peak_step_bytes,
-                     split_points, StudyError)
+                     add_loss_option, add_model_options, build_method, cost_cells, data_source,
+                     format_table, int_list, loss_for, method_specs, note, parse_method_spec,
+                     peak_step_bytes, split_points, StudyError)
 from .plots import plot_memory_time
 
-DEFAULT_METHODS = "bptt,rate_m,rate_s"
+DEFAULT_METHODS = "bptt,rate_m,rate_s,sltt,ottt"
 
 
 def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, steps=3, warmup=1,
-                seed=0, on_cell=None):
+                seed=0, on_cell=None, loss_lambda=0.05):
     """Step time, bytes kept for backward, peak bytes and costs of each method at each T.
 
-    x, y: one batch (NumPy or CuPy; the model follows x). methods: MethodSpecs or spec texts
-    ('bptt', 'tbptt:K=2', ...); one not in this build is skipped with a note. on_cell(i, n,
-    method, T) reports progress: when cell i starts and after each of its steps. Returns one
-    dict per (method, T): method, T, step_time_s, kept_bytes, peak_bytes and the totals of
-    `costs.sum_costs`.
+    x, y: one batch (NumPy or CuPy; the model follows x): images (B, C, H, W), or frames
+    (T, B, C, H, W) for a single T; or x a function T -> (x, y) (frames binned for each T) and
+    y None. methods: MethodSpecs or spec texts ('bptt', 'tbptt:K=2', 'sltt:K=2', ...); one not
+    in this build is skipped with a note. on_cell(i, n, method, T) reports progress: when cell i
+    starts and after each of its steps. loss_lambda: λ_L of the per-step loss of sltt and ottt.
+    Returns one dict per (method, T): method, T, step_time_s, kept_bytes, peak_bytes and the
+    totals of `costs.sum_costs`.
     """
-    xp = get_array_module(x)
+    batch_at = x if callable(x) else (lambda T: (x, y))
     specs = [parse_method_spec(m) if isinstance(m, str) else m for m in methods]
     rows, n, i = [], len(specs) * len(Ts), 0
     for spec in specs:
@@ -44,15 +53,19 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
             if on_cell:
                 on_cell(i, n, spec.label, T)
             i += 1
-            model = build_model(arch, num_classes, width, seed=seed).to(xp, x.dtype)
+            xb, yb = batch_at(T)
+            xp = get_array_module(xb)
+            model = build_model(arch, num_classes, width, seed=seed,
+                                in_channels=xb.shape[-3]).to(xp, xb.dtype)
             try:
                 method = build_method(spec, model, T)
             except MethodUnavailable as e:
                 note(f"skipped {e}")
                 break
+            loss_fn = loss_for(spec, loss_lambda)
 
             def step():
-                method.step(x, y)
+                method.step(xb, yb, loss_fn)
                 synchronize(xp)
 
             times = []
@@ -66,7 +79,7 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
                     on_cell(i - 1, n, spec.label, T)
             model.zero_grad()
             peak = peak_step_bytes(xp, step)
-            costs = spec.costs(model, x.shape, T, split_points(method))
+            costs = spec.costs(model, xb.shape, T, split_points(method))
             rows.append(dict(method=spec.label, T=T, step_time_s=float(np.median(times)),
                              kept_bytes=int(method.kept_bytes), peak_bytes=int(peak),
                              **{k: int(costs[k]) for k in COST_KEYS}))
@@ -85,19 +98,32 @@ def add_parser(sub, fmt):
     s.add_argument("--steps", type=positive_int, default=3,
                    help="timed steps (median)")
     s.add_argument("--warmup", type=int, default=1, help="untimed steps first (>= 0)")
+    add_loss_option(s)
     add_model_options(s)
     add_common_options(s, 16)
 
 
 def run(a, xp, bar):
-    x, y, source = load_batch(a.dataset, a.data_dir, a.batch_size)
-    rows = memory_time(xp.asarray(x), xp.asarray(y), a.methods, a.T, a.arch, a.width, 10,
+    data, batches = data_source(a), {}
+
+    def batch_at(T):            # images: the same batch at every T; event frames: binned for T
+        key = T if data.events else None
+        if key not in batches:
+            x, y = data.batch(T, a.batch_size)
+            batches[key] = xp.asarray(x), xp.asarray(y)
+        return batches[key]
+
+    source = data.describe()
+    batch_at(a.T[0])            # a data set that does not load fails before the first cell
+    rows = memory_time(batch_at, None, a.methods, a.T, a.arch, a.width, data.num_classes,
                        a.steps, a.warmup, a.seed,
-                       on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T))
+                       on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T),
+                       loss_lambda=a.loss_lambda)
     if not rows:
         raise StudyError("none of --methods is available in this build of minirate.methods")
     info = dict(arch=a.arch, width=a.width, batch_size=a.batch_size, device=a.device,
-                dtype="float32", data=source, steps=a.steps, warmup=a.warmup,
+                dtype="float32", data=source, dataset=data.dataset, loss_lambda=a.loss_lambda,
+                steps=a.steps, warmup=a.warmup,
                 peak="tracemalloc" if a.device == "cpu" else "CuPy memory pool",
                 costs="minirate/costs.py: dense ACs on spike inputs, ideal memory traffic")
     table = format_table(["method", "T", "step s", "kept MiB", "peak MiB"] + COST_HEADER,
