@@ -26,7 +26,8 @@ from minirate.data.cifar import DatasetError, load_cifar
 from minirate.data.loader import Loader
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
-from minirate.methods import METHODS, make_method, predict
+from minirate.methods import METHODS, UPDATES, make_method, predict
+from minirate.methods.local import resolve_splits
 from minirate.models import ARCHS, build_model
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
@@ -42,10 +43,13 @@ DEFAULTS = dict(
     crop=True, flip=True, cutout=0, autoaugment=False,
     data_dir="data", download=True, out="runs/default", resume="", max_steps=0, save_every=0,
     eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
+    window=None, update="per-batch",
+    local_blocks=1, split_at=None,
 )
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
-              "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype")
+              "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype",
+              "window", "update", "local_blocks", "split_at")
 
 
 class UsageError(Exception):
@@ -67,6 +71,17 @@ def parse_args(argv=None):
                    help="bptt only: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
     g.add_argument("--width", type=finite_float, default=d["width"], help="channel multiplier")
+    g.add_argument("--window", type=positive_int, default=d["window"],
+                   help="tbptt: window K, 1 <= K <= T (none: K = T, plain BPTT)")
+    g.add_argument("--update", choices=UPDATES, default=d["update"],
+                   help="tbptt: one optimizer step per batch, or after every window "
+                        "(same --lr, see methods/tbptt.py)")
+    g.add_argument("--local-blocks", type=positive_int, default=d["local_blocks"],
+                   help="train the network as N blocks, each from its own classifier "
+                        "(default block starts per --arch: see minirate/models.py)")
+    g.add_argument("--split-at", type=lambda s: [n for n in s.split(",") if n],
+                   default=d["split_at"],
+                   help="explicit block starts by module name, e.g. layer2,layer3")
     g = p.add_argument_group("neuron")
     g.add_argument("--decay", type=finite_float, default=d["decay"], help="LIF leak λ")
     g.add_argument("--threshold", type=finite_float, default=d["threshold"])
@@ -117,6 +132,17 @@ def parse_args(argv=None):
             p.error(f"argument --{name.replace('_', '-')}: must be >= 0")
     if args.lr <= 0:
         p.error("argument --lr: must be > 0")
+    if args.method != "tbptt" and (args.window is not None or args.update != "per-batch"):
+        p.error("arguments --window and --update need --method tbptt")
+    if args.window is not None and args.window > args.T:
+        p.error(f"argument --window: must be at most --T {args.T}, got {args.window}")
+    if args.update == "per-window" and (args.local_blocks > 1 or args.split_at):
+        p.error("argument --update per-window does not combine with local blocks")
+    if args.local_blocks > 1 or args.split_at:
+        try:                      # block starts depend only on the architecture's layout
+            resolve_splits(build_model(args.arch, width=1 / 64), args.local_blocks, args.split_at)
+        except ValueError as e:
+            p.error(f"argument --{'split-at' if args.split_at else 'local-blocks'}: {e}")
     return vars(args)
 
 
@@ -127,7 +153,7 @@ def weight_sum(params):
 
 def structural_mismatch(saved, cfg):
     for k in STRUCTURAL:
-        if saved.get(k) != cfg[k]:
+        if saved.get(k, DEFAULTS[k]) != cfg[k]:
             return (f"checkpoint was trained with --{k.replace('_', '-')} {saved.get(k)}, "
                     f"this run asks for {cfg[k]}")
     return None
@@ -172,7 +198,9 @@ def main(argv=None):
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     model = build_model(cfg["arch"], DATASETS[cfg["dataset"]], cfg["width"], neuron, cfg["seed"])
     model.to(xp, dtype)
-    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"])
+    method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"],
+                         window=cfg["window"], update=cfg["update"],
+                         local_blocks=cfg["local_blocks"], split_at=cfg["split_at"])
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     print(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, "
           f"T={cfg['T']}, {steps_per_epoch} steps/epoch, device {cfg['device']}", flush=True)
@@ -253,9 +281,19 @@ def main(argv=None):
             for xb, yb in train_loader.iter_epoch(epoch, pos["batch"]):
                 opt.lr = lr_at(pos["step"])
                 model.zero_grad()
-                loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb))
-                grad_norm = clip_grad_norm(params, cfg["grad_clip"] or math.inf)
-                opt.step()
+                norms = []
+
+                def update():           # once per batch, or after every window (--update)
+                    norms.append(clip_grad_norm(params, cfg["grad_clip"] or math.inf))
+                    opt.step()
+                    model.zero_grad()
+
+                per_window = dict(after_window=update) if cfg["update"] == "per-window" else {}
+                loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                           **per_window)
+                if not per_window:
+                    update()
+                grad_norm = sum(norms)  # non-finite when any update's norm was
                 # spikes can hide a diverged network (NaN >= θ is False): check weights too
                 bad = ("loss" if not math.isfinite(loss) else
                        "gradient norm" if not math.isfinite(grad_norm) else
