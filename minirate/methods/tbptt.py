@@ -75,7 +75,8 @@ class TBPTT:
         state = {}                          # LIF layer -> u⁺ at the end of the last window
         losses, z_sum, self.kept_bytes = [], 0, 0
         for t0, t1 in self.windows():
-            loss, z, kept = run_window(window_input(x, t0, t1), t1 - t0, y, loss_fn, state)
+            loss, z, kept = run_window(window_input(x, t0, t1), t1 - t0, y, loss_fn, state,
+                                       carry=t1 < self.T)
             losses.append(loss)
             z_sum = z_sum + z * (t1 - t0)
             self.kept_bytes = max(self.kept_bytes, kept)
@@ -83,14 +84,16 @@ class TBPTT:
                 after_window()
         return sum(losses) / len(losses), z_sum / self.T
 
-    def _window_multi(self, xw, k, y, loss_fn, state):
-        """One window, all k steps per layer at once. Returns (L_w, readout (B, K), kept bytes)."""
+    def _window_multi(self, xw, k, y, loss_fn, state, carry):
+        """One window, all k steps per layer at once, from `state`; leaves the state at its end
+        in `state` when `carry`. Returns (L_w, readout (B, K), kept bytes)."""
         caches = {}
 
         def run(layer, h):
             if isinstance(layer, LIF):
                 s, caches[layer] = layer.forward(h, k, state.get(layer))
-                state[layer] = layer.final_state(caches[layer])     # carried as a value
+                if carry:                                           # as a value, not a cache
+                    state[layer] = layer.final_state(caches[layer])
                 return s
             out, caches[layer] = layer.forward(h)
             return out
@@ -105,8 +108,9 @@ class TBPTT:
         self.model.backward(spread_over_time(dz, k), back)
         return loss, z, kept
 
-    def _window_single(self, xw, k, y, loss_fn, state):
-        """One window, one step at a time. Returns (L_w, readout (B, K), kept bytes)."""
+    def _window_single(self, xw, k, y, loss_fn, state, carry):
+        """One window, one step at a time, from `state`; leaves the state at its end in `state`
+        when `carry`. Returns (L_w, readout (B, K), kept bytes)."""
         caches = [dict() for _ in range(k)]     # caches[i][layer], step t0 + i
 
         def run_at(i):
@@ -119,6 +123,8 @@ class TBPTT:
             return run
 
         z = sum(self.model.forward(input_at(xw, i), run_at(i)) for i in range(k)) / k
+        if not carry:
+            state.clear()                       # free the last potentials before backward
         kept = cache_nbytes(caches, exclude=self.model.params_list())
         loss, dz = loss_fn(z, y)
         du_post = {}                            # LIF layer -> dL/du⁺ from step i+1 (none at t1−1)
