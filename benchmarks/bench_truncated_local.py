@@ -5,10 +5,11 @@
 Each configuration trains the same network (same seed, same batches, SGD with momentum and a
 cosine schedule) for --epochs on the real CIFAR-10 subset, then reports its test accuracy, the
 exact bytes kept for backward, the peak memory of one step (tracemalloc, one CPU thread, the
-same batch for every configuration) and the median training step time (method step and
+same test batch for every configuration, nothing else running) and the median training step time (method step and
 optimizer step). Ratios are against BPTT. Prints a Markdown table.
 """
 import argparse
+import gc
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minirate.backend import cpu_threads, set_cpu_threads  # noqa: E402
+from minirate.data.augment import normalize  # noqa: E402
 from minirate.data.cifar import load_cifar  # noqa: E402
 from minirate.data.loader import Loader  # noqa: E402
 from minirate.methods import make_method, predict  # noqa: E402
@@ -35,9 +37,13 @@ def label(name, kw):
 
 
 def peak_bytes(method, x, y):
+    """Peak bytes allocated during one step on (x, y), traced alone: no loader thread, garbage
+    collected first, one CPU thread (the same allocations in the same order every time)."""
     threads = cpu_threads()
-    set_cpu_threads(1)               # one thread: the same allocations in the same order
+    set_cpu_threads(1)
     try:
+        method.step(x, y)                                  # warm up
+        gc.collect()
         tracemalloc.start()
         method.step(x, y)
         return tracemalloc.get_traced_memory()[1]
@@ -67,8 +73,7 @@ def run(name, kw, a, data):
     for xb, yb in Loader(x_test, y_test, 200, train=False).iter_epoch(0):
         correct += int((predict(model, xb, a.T).argmax(1) == yb).sum())
     model.train()
-    xb, yb = next(iter(loader.iter_epoch(0)))
-    peak = peak_bytes(method, xb, yb)
+    peak = peak_bytes(method, normalize(x_test[:a.batch_size]), y_test[:a.batch_size])
     return correct / len(y_test), method.kept_bytes, peak, float(np.median(times))
 
 
