@@ -5,8 +5,10 @@
 Each configuration trains the same network (same seed, same batches, SGD with momentum and a
 cosine schedule) for --epochs on the real CIFAR-10 subset, then reports its test accuracy, the
 exact bytes kept for backward, the peak memory of one step (tracemalloc, one CPU thread, the
-same test batch for every configuration, nothing else running) and the median training step time (method step and
-optimizer step). Ratios are against BPTT. Prints a Markdown table.
+same test batch for every configuration, nothing else running) and the step time: after all
+trainings, every configuration steps on that same batch in turn, --repeats rounds, median per
+configuration (interleaved, so a busy machine slows all of them alike). Ratios are against
+BPTT. --epochs 0 skips training (memory and time only). Prints a Markdown table.
 """
 import argparse
 import gc
@@ -58,23 +60,25 @@ def run(name, kw, a, data):
     method = make_method(name, model, a.T, **kw)
     opt = SGD(model.parameters(), a.lr, 0.9, weight_decay=5e-4)
     loader = Loader(x_train, y_train, a.batch_size, train=True, seed=0)
-    total, step, times = a.epochs * len(loader), 0, []
+    total, step = a.epochs * len(loader), 0
     for epoch in range(a.epochs):
         for xb, yb in loader.iter_epoch(epoch):
             opt.lr = cosine_lr(a.lr, step, total)
-            t0 = time.perf_counter()
             model.zero_grad()
             method.step(xb, yb)
             opt.step()
-            times.append(time.perf_counter() - t0)
             step += 1
-    model.eval()
-    correct = 0
-    for xb, yb in Loader(x_test, y_test, 200, train=False).iter_epoch(0):
-        correct += int((predict(model, xb, a.T).argmax(1) == yb).sum())
-    model.train()
+    acc = None
+    if a.epochs:
+        model.eval()
+        correct = 0
+        for xb, yb in Loader(x_test, y_test, 200, train=False).iter_epoch(0):
+            correct += int((predict(model, xb, a.T).argmax(1) == yb).sum())
+        acc = correct / len(y_test)
+        model.train()
     peak = peak_bytes(method, normalize(x_test[:a.batch_size]), y_test[:a.batch_size])
-    return correct / len(y_test), method.kept_bytes, peak, float(np.median(times))
+    print(f"{label(name, kw)}: trained", file=sys.stderr, flush=True)
+    return acc, method.kept_bytes, peak, method
 
 
 def main():
@@ -85,23 +89,32 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "..",
                                                       "shared", "data", "cifar10-subset"))
     a = p.parse_args()
     x_train, y_train, x_test, y_test, _ = load_cifar("cifar10", a.data_dir, download=False)
     data = (x_train, y_train, x_test, y_test)
+    results = [run(name, kw, a, data) for name, kw in CONFIGS]
+    xb, yb = normalize(x_test[:a.batch_size]), y_test[:a.batch_size]
+    times = [[] for _ in CONFIGS]
+    for _ in range(a.repeats):                      # interleaved rounds
+        for i, (*_, method) in enumerate(results):
+            t0 = time.perf_counter()
+            method.step(xb, yb)
+            times[i].append(time.perf_counter() - t0)
     print(f"# {a.arch} width {a.width}, T {a.T}, batch {a.batch_size}, {a.epochs} epochs, "
           f"{len(y_train)} train / {len(y_test)} test CIFAR-10 images, CPU\n")
     print("| method | test acc | kept for backward | kept / BPTT | peak of a step | peak / BPTT "
           "| step time (s) | time / BPTT |")
     print("|---|---|---|---|---|---|---|---|")
     base = None
-    for name, kw in CONFIGS:
-        acc, kept, peak, t = run(name, kw, a, data)
+    for (name, kw), (acc, kept, peak, _), ts in zip(CONFIGS, results, times):
+        t = float(np.median(ts))
         base = base or (kept, peak, t)
-        print(f"| {label(name, kw)} | {acc:.3f} | {kept / 2**20:.1f} MiB | {kept / base[0]:.2f} | "
-              f"{peak / 2**20:.1f} MiB | {peak / base[1]:.2f} | {t:.3f} | {t / base[2]:.2f} |",
-              flush=True)
+        acc = "-" if acc is None else f"{acc:.3f}"
+        print(f"| {label(name, kw)} | {acc} | {kept / 2**20:.1f} MiB | {kept / base[0]:.2f} | "
+              f"{peak / 2**20:.1f} MiB | {peak / base[1]:.2f} | {t:.3f} | {t / base[2]:.2f} |")
 
 
 if __name__ == "__main__":
