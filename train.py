@@ -136,8 +136,6 @@ def parse_args(argv=None):
         p.error("arguments --window and --update need --method tbptt")
     if args.window is not None and args.window > args.T:
         p.error(f"argument --window: must be at most --T {args.T}, got {args.window}")
-    if args.update == "per-window" and (args.local_blocks > 1 or args.split_at):
-        p.error("argument --update per-window does not combine with local blocks")
     if args.local_blocks > 1 or args.split_at:
         try:                      # block starts depend only on the architecture's layout
             resolve_splits(build_model(args.arch, width=1 / 64), args.local_blocks, args.split_at)

@@ -37,9 +37,6 @@ def make_method(name, model, T, step_mode="m", scale_grad_by_T=True, window=None
 
     if local_blocks == 1 and not split_at:
         return make_base(model)
-    if update != "per-batch":
-        raise ValueError("update per-window trains the whole network; it does not combine with "
-                         "local blocks")
     return LocalBlocks(model, T, make_base, local_blocks, split_at)
 
 

@@ -24,6 +24,12 @@ first and in time order; the rate pass that follows is not recorded. For rate me
 block's rate pass then sees the mean of o_b, which is the firing rate of its last LIF layer, as
 in the whole-network rate pass.
 
+With tbptt the schedule runs window by window, each window through every block in turn
+(window w of block b+1 takes window w of o_b, each block carrying its own neuron state from
+window to window): the same gradients as block by block, since no gradient crosses a window or
+block edge, but only one window of o_b is ever held, so what is kept stays O(K). With
+update='per-window' the optimizer steps after each window, once all blocks have run it.
+
 The auxiliary classifiers are children of the model (`aux.{b}.2.weight`, `aux.{b}.2.bias`), so
 checkpoints save them; the model's own forward (and `predict`) never runs them.
 
@@ -42,6 +48,7 @@ from ..layers.linear import Linear
 from ..layers.pool import AdaptiveAvgPool2d
 from ..losses import cross_entropy
 from .common import input_at
+from .tbptt import TBPTT, window_input
 
 
 def units(model):
@@ -181,9 +188,12 @@ class LocalBlocks:
         self.block_kept_bytes = [0] * len(self.blocks)
         self.block_losses = [0.0] * len(self.blocks)
 
-    def step(self, x, y, loss_fn=cross_entropy):
+    def step(self, x, y, loss_fn=cross_entropy, after_window=None):
         """Each block's forward and backward in turn; adds every block's gradient.
-        Returns the last block's (loss, logits): the network's own readout."""
+        Returns the last block's (loss, logits): the network's own readout.
+        `after_window`: tbptt with update='per-window' only (see `_step_windows`)."""
+        if isinstance(self.methods[0], TBPTT):
+            return self._step_windows(x, y, loss_fn, after_window)
         B = input_at(x, 0).shape[0]
         for b, (block, method) in enumerate(zip(self.blocks, self.methods)):
             self.block_losses[b], logits = method.step(x, y, loss_fn)
@@ -192,3 +202,30 @@ class LocalBlocks:
                 x = block.take_output(self.T, B)     # the next block's input, a constant
         self.kept_bytes = max(self.block_kept_bytes)
         return self.block_losses[-1], logits
+
+    def _step_windows(self, x, y, loss_fn, after_window):
+        """tbptt blocks: window by window, and within a window block by block (window w of block
+        b+1 takes window w of block b's output), then `after_window()` in per-window mode. Each
+        block carries its own neuron state from window to window."""
+        tbptt = self.methods[0]
+        if (tbptt.update == "per-window") != (after_window is not None):
+            raise ValueError("after_window is the optimizer step of tbptt's update='per-window' "
+                             "and is given exactly in that mode")
+        B, T = input_at(x, 0).shape[0], self.T
+        states = [{} for _ in self.blocks]             # per block: LIF layer -> u⁺
+        self.block_kept_bytes = [0] * len(self.blocks)
+        losses, z_sum = [], 0
+        for t0, t1 in tbptt.windows():
+            k, h = t1 - t0, window_input(x, t0, t1)
+            for b, (block, method) in enumerate(zip(self.blocks, self.methods)):
+                loss, z, kept = method.window_step(h, k, y, loss_fn, states[b], carry=t1 < T)
+                self.block_kept_bytes[b] = max(self.block_kept_bytes[b], kept)
+                if block.record:
+                    h = block.take_output(k, B)        # this window's input of block b+1
+            losses.append(loss)
+            z_sum = z_sum + z * k
+            if after_window is not None:
+                after_window()
+        self.block_losses[-1] = sum(losses) / len(losses)
+        self.kept_bytes = max(self.block_kept_bytes)
+        return self.block_losses[-1], z_sum / T

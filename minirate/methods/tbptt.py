@@ -71,18 +71,25 @@ class TBPTT:
         if (self.update == "per-window") != (after_window is not None):
             raise ValueError("after_window is the optimizer step of update='per-window' and "
                              "is given exactly in that mode")
-        run_window = self._window_multi if self.step_mode == "m" else self._window_single
         state = {}                          # LIF layer -> u⁺ at the end of the last window
         losses, z_sum, self.kept_bytes = [], 0, 0
         for t0, t1 in self.windows():
-            loss, z, kept = run_window(window_input(x, t0, t1), t1 - t0, y, loss_fn, state,
-                                       carry=t1 < self.T)
+            loss, z, kept = self.window_step(window_input(x, t0, t1), t1 - t0, y, loss_fn, state,
+                                             carry=t1 < self.T)
             losses.append(loss)
             z_sum = z_sum + z * (t1 - t0)
             self.kept_bytes = max(self.kept_bytes, kept)
             if after_window is not None:
                 after_window()
         return sum(losses) / len(losses), z_sum / self.T
+
+    def window_step(self, xw, k, y, loss_fn, state, carry):
+        """Forward, loss and backward of one window of k steps on its input xw, starting from
+        `state` ({LIF layer: u⁺}, empty at rest) and leaving the state at its end there when
+        `carry`. Returns (L_w, readout (B, K) averaged over the window, bytes kept)."""
+        if self.step_mode == "m":
+            return self._window_multi(xw, k, y, loss_fn, state, carry)
+        return self._window_single(xw, k, y, loss_fn, state, carry)
 
     def _window_multi(self, xw, k, y, loss_fn, state, carry):
         """One window, all k steps per layer at once, from `state`; leaves the state at its end
