@@ -29,13 +29,21 @@ from minirate.models import build_model  # noqa: E402
 from minirate.optim import SGD, cosine_lr  # noqa: E402
 
 CONFIGS = [("bptt", {}), ("tbptt", dict(window=2)), ("tbptt", dict(window=1)),
+           ("tbptt", dict(window=2, update="per-window")),
            ("bptt", dict(local_blocks=2)), ("bptt", dict(local_blocks=4)),
            ("tbptt", dict(window=2, local_blocks=4))]
 
 
 def label(name, kw):
     return " ".join([name] + [f"{k}={kw[v]}" for k, v in (("K", "window"), ("N", "local_blocks"))
-                              if v in kw])
+                              if v in kw] + [kw.get("update", "")]).strip()
+
+
+def plain_step(method, x, y):
+    """One step with the optimizer left out (per-window: a callback that only clears)."""
+    if getattr(method, "update", "per-batch") == "per-window":
+        return method.step(x, y, after_window=method.model.zero_grad)
+    return method.step(x, y)
 
 
 def peak_bytes(method, x, y):
@@ -44,10 +52,10 @@ def peak_bytes(method, x, y):
     threads = cpu_threads()
     set_cpu_threads(1)
     try:
-        method.step(x, y)                                  # warm up
+        plain_step(method, x, y)                           # warm up
         gc.collect()
         tracemalloc.start()
-        method.step(x, y)
+        plain_step(method, x, y)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -65,8 +73,11 @@ def run(name, kw, a, data):
         for xb, yb in loader.iter_epoch(epoch):
             opt.lr = cosine_lr(a.lr, step, total)
             model.zero_grad()
-            method.step(xb, yb)
-            opt.step()
+            if kw.get("update") == "per-window":            # an optimizer step per window
+                method.step(xb, yb, after_window=lambda: (opt.step(), model.zero_grad()))
+            else:
+                method.step(xb, yb)
+                opt.step()
             step += 1
     acc = None
     if a.epochs:
@@ -101,7 +112,7 @@ def main():
     for _ in range(a.repeats):                      # interleaved rounds
         for i, (*_, method) in enumerate(results):
             t0 = time.perf_counter()
-            method.step(xb, yb)
+            plain_step(method, xb, yb)
             times[i].append(time.perf_counter() - t0)
     print(f"# {a.arch} width {a.width}, T {a.T}, batch {a.batch_size}, {a.epochs} epochs, "
           f"{len(y_train)} train / {len(y_test)} test CIFAR-10 images, CPU\n")
