@@ -68,7 +68,7 @@ def parse_args(argv=None):
     g.add_argument("--arch", choices=ARCHS, default=d["arch"])
     g.add_argument("--T", type=positive_int, default=d["T"], help="time steps")
     g.add_argument("--step-mode", choices=("m", "s"), default=d["step_mode"],
-                   help="bptt only: m = all steps per layer at once (BN over T*B), "
+                   help="bptt, tbptt: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
     g.add_argument("--width", type=finite_float, default=d["width"], help="channel multiplier")
     g.add_argument("--window", type=positive_int, default=d["window"],
