@@ -52,14 +52,16 @@ def test_one_block_is_the_base_method(base):
         assert rel_error(g1[k], g0[k]) <= 1e-10, k
 
 
-@pytest.mark.parametrize("name,step_mode,T,K", [("bptt", "m", 2, 2), ("bptt", "s", 2, 2),
-                                                 ("tbptt", "m", 3, 2)])
-def test_local_gradient_against_finite_differences(name, step_mode, T, K):
+@pytest.mark.parametrize("name,step_mode,T,K,frames", [("bptt", "m", 2, 2, False),
+                                                        ("bptt", "s", 2, 2, True),
+                                                        ("tbptt", "m", 3, 2, True)])
+def test_local_gradient_against_finite_differences(name, step_mode, T, K, frames):
     """Three blocks of tiny_resnet (conv0 | layer1.0 | the rest), each with its own loss
     Σ_w z_{b,w} · G_{b,w}; block inputs and window-entering states held at their values."""
     net = tiny_resnet(2, **NEURON)
     rng = np.random.default_rng(2)
-    x, y = rng.normal(0.5, 1.0, size=(2, 3, 6, 6)), np.array([0, 4])
+    x = rng.normal(0.5, 1.0, size=((T,) if frames else ()) + (2, 3, 6, 6))   # frames: (T, B, ...)
+    y = np.array([0, 4])
     method = make_method(name, net, T, step_mode, split_at=["layer1", "layer1.1"],
                          **(dict(window=K) if name == "tbptt" else {}))
     nw = len(windows(T, K))
