@@ -244,3 +244,26 @@ def test_local_tbptt_keeps_one_window_of_every_block():
 
     assert kept("tbptt", 3, window=2) == kept("tbptt", 6, window=2) == kept("bptt", 2)
     assert kept("bptt", 6) != kept("bptt", 2)
+
+
+@pytest.mark.parametrize("rate,step_mode", [("rate_m", "m"), ("rate_s", "s")])
+def test_rate_blocks(rate, step_mode):
+    """At T = 1 rate-based blocks are BPTT blocks exactly; at T = 3 the next block gets the spike
+    trains of the spike pass (T, B, ...), not the rates of the rate pass."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(0.5, 1.0, size=(4, 3, 6, 6)), rng.integers(0, 5, size=4)
+    grads = []
+    for name in (rate, "bptt"):
+        net = tiny_resnet(5, **NEURON)
+        net.zero_grad()
+        make_method(name, net, 1, step_mode, split_at=["layer1", "layer1.1"]).step(x, y)
+        grads.append(_grads(net))
+    assert all(np.abs(g).max() > 0 for g in grads[1].values())
+    for k in grads[1]:
+        assert rel_error(grads[0][k], grads[1][k]) <= 1e-10, k
+    m = make_method(rate, tiny_resnet(5), 3, split_at=["layer1"])
+    seen = []
+    original = m.methods[1].step
+    m.methods[1].step = lambda xb, *a: seen.append(xb) or original(xb, *a)
+    m.step(x, y)
+    assert seen[0].shape == (3, 4, 4, 6, 6) and set(np.unique(seen[0])) == {0.0, 1.0}
