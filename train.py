@@ -33,8 +33,9 @@ from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.losses import ce_mse, cross_entropy
-from minirate.methods import METHODS, make_method, predict
+from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
 from minirate.methods.common import is_time_varying
+from minirate.methods.local import resolve_splits
 from minirate.models import ARCHS, build_model
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
@@ -58,12 +59,15 @@ DEFAULTS = dict(
     frame_size=48, split_by="count", event_split="", roll=5, cache_dir="",
     loss=None, loss_lambda=0.05,            # loss None: mean, or per-step for sltt and ottt
     sltt_k=None, ottt_update="accumulate",  # sltt_k None: every step gets a backward
+    window=None, update="per-batch",        # window None: K = T
+    local_blocks=1, split_at=None,
 )
 ONLINE = ("sltt", "ottt")                   # methods that train only with the per-step loss
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype",
-              "loss", "loss_lambda", "sltt_k", "ottt_update")
+              "loss", "loss_lambda", "sltt_k", "ottt_update",
+              "window", "update", "local_blocks", "split_at")
 EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
 # What a checkpoint's saved position means: which batches come next, in which order.
 DATA_ORDER = ("batch_size", "seed")
@@ -86,9 +90,20 @@ def parse_args(argv=None):
     g.add_argument("--arch", choices=ARCHS, default=d["arch"], help="network")
     g.add_argument("--T", type=positive_int, default=d["T"], help="time steps")
     g.add_argument("--step-mode", choices=("m", "s"), default=d["step_mode"],
-                   help="bptt only: m = all steps per layer at once (BN over T*B), "
+                   help="bptt, tbptt: m = all steps per layer at once (BN over T*B), "
                         "s = one step at a time (BN per step)")
     g.add_argument("--width", type=positive_float, default=d["width"], help="channel multiplier")
+    g.add_argument("--window", type=positive_int, default=d["window"],
+                   help="tbptt: window K, 1 <= K <= T (None: K = T, plain BPTT)")
+    g.add_argument("--update", choices=UPDATES, default=d["update"],
+                   help="tbptt: one optimizer step per batch, or after every window "
+                        "(same --lr, see methods/tbptt.py)")
+    g.add_argument("--local-blocks", type=positive_int, default=d["local_blocks"],
+                   help="train the network as N blocks, each from its own classifier "
+                        "(default block starts per --arch: see minirate/models.py)")
+    g.add_argument("--split-at", type=lambda s: [n for n in s.split(",") if n],
+                   default=d["split_at"],
+                   help="explicit block starts by module name, e.g. layer2,layer3")
     g.add_argument("--loss", choices=("mean", "per-step"), default=d["loss"],
                    help="mean: cross-entropy of the time-averaged output; per-step: the mean "
                         "over steps of (1 - λ_L) CE + λ_L MSE(one-hot) of each step's output "
@@ -216,6 +231,22 @@ def option_conflict(cfg):
         return "argument --ottt-update: only for --method ottt"
     if cfg["method"] in ONLINE and cfg["loss"] == "mean":
         return f"argument --loss: {cfg['method']} trains with one loss per step; use per-step"
+    if cfg["method"] != "tbptt" and (cfg["window"] is not None or cfg["update"] != "per-batch"):
+        return "arguments --window and --update need --method tbptt"
+    if cfg["window"] is not None and cfg["window"] > cfg["T"]:
+        return f"argument --window: must be at most --T {cfg['T']}, got {cfg['window']}"
+    local = cfg["local_blocks"] > 1 or cfg["split_at"]
+    if local and cfg["method"] not in LOCAL:
+        return f"arguments --local-blocks/--split-at: for {', '.join(LOCAL)}, not {cfg['method']}"
+    if cfg["loss"] == "per-step" and (cfg["method"] == "tbptt" or local):
+        return ("argument --loss per-step: tbptt and local blocks train with a loss per window "
+                "and per block")
+    if local:
+        try:                      # block starts depend only on the architecture's layout
+            resolve_splits(build_model(cfg["arch"], width=1 / 16), cfg["local_blocks"],
+                           cfg["split_at"])
+        except ValueError as e:
+            return f"argument --{'split-at' if cfg['split_at'] else 'local-blocks'}: {e}"
     if not cfg["roll"] < cfg["frame_size"]:
         return f"argument --roll: must be below --frame-size {cfg['frame_size']}, got {cfg['roll']}"
     events = cfg["dataset"] in EVENT_DATASETS
@@ -241,7 +272,7 @@ def structural_mismatch(saved, cfg):
     if cfg["dataset"] in EVENT_DATASETS:
         keys += EVENT_STRUCTURAL
     for k in keys:
-        if saved.get(k) != cfg[k]:
+        if saved.get(k, DEFAULTS.get(k)) != cfg[k]:
             what = "was trained with" if k in STRUCTURAL else "saved its position for"
             return (f"checkpoint {what} --{k.replace('_', '-')} {saved.get(k)}, "
                     f"this run asks for {cfg[k]}")
@@ -358,7 +389,9 @@ def main(argv=None):
         sync_batchnorm(model, comm)
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"],
                          per_step_loss=cfg["loss"] == "per-step", sltt_k=cfg["sltt_k"],
-                         ottt_update=cfg["ottt_update"], seed=cfg["seed"])
+                         ottt_update=cfg["ottt_update"], seed=cfg["seed"],
+                         window=cfg["window"], update=cfg["update"],
+                         local_blocks=cfg["local_blocks"], split_at=cfg["split_at"])
     loss_fn = ce_mse(cfg["loss_lambda"]) if cfg["loss"] == "per-step" else cross_entropy
     update_each_step = getattr(method, "update_each_step", False)     # OTTT_O
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
@@ -504,12 +537,13 @@ def main(argv=None):
                     opt.lr = lr_at(pos["step"])
                     model.zero_grad()
                     grad_norms.clear()
-                    if update_each_step:
-                        loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
-                                                   loss_fn, after_step=update)
-                    else:
-                        loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
-                                                   loss_fn)
+                    # the optimizer steps once per batch, or after every time step (OTTT_O) or
+                    # window (tbptt --update per-window) from inside the method
+                    inner = (dict(after_step=update) if update_each_step else
+                             dict(after_window=update) if cfg["update"] == "per-window" else {})
+                    loss, logits = method.step(xp.asarray(xb, dtype=dtype), xp.asarray(yb),
+                                               loss_fn, **inner)
+                    if not inner:
                         update()
                     # loss and hits of the global batch, and whether any rank was asked to stop:
                     # every rank decides the same below

@@ -17,15 +17,28 @@ Every model is a Container whose state dict keys equal those of the matching tor
     blocks of 64, 128, 256, 512 channels; see minirate/layers/residual.py for the blocks)
     vgg11_ws                      OTTT's VGG: feature.{k}: ScaledWSConv2d(bias) - LIF - Scale(2.74)
                                   triplets and pools, global average pool, flatten, classifier.0
+    alexnet                       feature.{k}: five Conv2d(no bias) - BatchNorm2d - LIF triplets
+                                  with average pools, flatten, classifier.{0: Linear, 1: LIF,
+                                  2: Linear} (configuration below, at `_alexnet`)
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
+
+Local block-wise training (methods/local.py) cuts a model into consecutive blocks. Each model
+lists the module names where a block may start by default, `model.split_points`, and N blocks
+take N − 1 of them spread evenly (see methods/local.py):
+
+    small, resnet18, resnet19     stage edges: layer1, layer2, ... (the stem conv0 joins layer1's block)
+    vgg11, vggsnn_cifar,          after every average pool that still has convs behind it
+    vggsnn_dvs, vgg11_ws
+    sew_resnet34, preact_resnet34 stage edges: layer1 ... layer4 (the stem joins layer1's block)
+    alexnet                       after every conv-BN-LIF (with its pool): up to 5 blocks
 """
 import numpy as np
 
 from .layers.block import BasicBlock
 from .layers.batchnorm import BatchNorm2d
-from .layers.container import Sequential
+from .layers.container import Sequential, call, call_back
 from .layers.conv import Conv2d
 from .layers.flatten import Flatten
 from .layers.lif import LIF
@@ -37,12 +50,28 @@ from .layers.scaled_ws import ScaledWSConv2d
 
 
 class Net(Sequential):
-    """A Sequential whose children carry names (stem, stages, pool, flatten, classifier)."""
+    """A Sequential whose children carry names (stem, stages, pool, flatten, classifier).
 
-    def __init__(self, parts):
+    Forward and backward run only the parts given here; a child added later (the auxiliary
+    classifiers of local training, `aux`) is saved with the model but never run by it.
+    """
+
+    def __init__(self, parts, split_points=()):
         super().__init__()
         for name, module in parts:
             self.add_child(name, module)
+        self.parts = [module for _, module in parts]
+        self.split_points = list(split_points)      # where a local block may start by default
+
+    def forward(self, x, run):
+        for part in self.parts:
+            x = call(part, x, run)
+        return x
+
+    def backward(self, dy, back):
+        for part in reversed(self.parts):
+            dy = call_back(part, dy, back)
+        return dy
 
 
 def _ch(c, width):
@@ -71,22 +100,24 @@ def _resnet(blocks, channels, stem, hidden, num_classes, width, make_neuron, rng
     else:
         head = Sequential(Linear(c_in, num_classes, rng=rng))
     parts.append(("classifier", head))
-    return Net(parts)
+    return Net(parts, [f"layer{i + 1}" for i in range(len(blocks))])
 
 
 def _vgg(cfg, flat_hw, num_classes, width, make_neuron, rng, in_channels):
-    feature, c_in = [], in_channels
+    feature, c_in, after_pools = [], in_channels, []
     for v in cfg:
         if v == "A":
             feature.append(AvgPool2d(2, 2))
+            after_pools.append(f"feature.{len(feature)}")
         elif isinstance(v, tuple):                  # ("AA", size): adaptive average pool
             feature.append(AdaptiveAvgPool2d(v[1]))
         else:
             c = _ch(v, width)
             feature += [Conv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), BatchNorm2d(c), make_neuron()]
             c_in = c
+    splits = [name for name in after_pools if int(name.split(".")[1]) < len(feature) - 1]
     return Net([("feature", Sequential(*feature)), ("flatten", Flatten()),
-                ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))])
+                ("classifier", Sequential(Linear(c_in * flat_hw, num_classes, rng=rng)))], splits)
 
 
 def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, in_channels):
@@ -107,16 +138,17 @@ def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, i
         parts.append((f"layer{i + 1}", Sequential(*blocks)))
     parts += [("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten()),
               ("fc", Linear(c_in, num_classes, rng=rng))]
-    return Net(parts)
+    return Net(parts, [f"layer{i + 1}" for i in range(4)])
 
 
 def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
     """VGG without batchnorm (OTTT): each conv is scaled-weight-standardized, each LIF is
     followed by a fixed ×2.74; then global average pooling and one linear layer."""
-    feature, c_in = [], in_channels
+    feature, c_in, splits = [], in_channels, []
     for v in cfg:
         if v == "A":
             feature.append(AvgPool2d(2, 2))
+            splits.append(f"feature.{len(feature)}")
         else:
             c = _ch(v, width)
             feature += [ScaledWSConv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), make_neuron(),
@@ -124,11 +156,43 @@ def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
             c_in = c
     feature.append(AdaptiveAvgPool2d(1))
     return Net([("feature", Sequential(*feature)), ("flatten", Flatten()),
-                ("classifier", Sequential(Linear(c_in, num_classes, rng=rng)))])
+                ("classifier", Sequential(Linear(c_in, num_classes, rng=rng)))], splits)
 
 
-ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "vgg11_ws",
-         "sew_resnet34", "preact_resnet34")
+def _alexnet(num_classes, width, make_neuron, rng, in_channels):
+    """AlexNet-style spiking net for 32x32 images (or any size >= 8, e.g. event frames):
+
+        feature.0-3    Conv2d(in, 64, 3, padding=1)  - BN - LIF - AvgPool2d(2)     32 -> 16
+        feature.4-7    Conv2d(64, 192, 3, padding=1) - BN - LIF - AvgPool2d(2)     16 -> 8
+        feature.8-10   Conv2d(192, 384, 3, padding=1) - BN - LIF
+        feature.11-13  Conv2d(384, 256, 3, padding=1) - BN - LIF
+        feature.14-17  Conv2d(256, 256, 3, padding=1) - BN - LIF - AdaptiveAvgPool2d(4)  8 -> 4
+        flatten, classifier.0 Linear(256*4*4, 1024) - classifier.1 LIF - classifier.2 Linear(1024, K)
+
+    AlexNet's five convolutions and channel counts (64, 192, 384, 256, 256) with 3x3 kernels and
+    stride 1 instead of 11x11/5x5 strides, which would leave nothing of a 32x32 image; average
+    instead of max pooling; batchnorm after every conv, so the convs have no bias. The last pool
+    is adaptive (an ordinary 2x2 pool on 32x32 input), so larger event frames fit the same head.
+    Channels (and the 1024 hidden units) scale with `width`. Default local-block starts: after
+    each conv-BN-LIF and its pool (feature.4, feature.8, feature.11, feature.14).
+    """
+    feature, c_in, splits = [], in_channels, []
+    for c, pool in ((64, AvgPool2d(2, 2)), (192, AvgPool2d(2, 2)), (384, None), (256, None),
+                    (256, AdaptiveAvgPool2d(4))):
+        if feature:
+            splits.append(f"feature.{len(feature)}")
+        c = _ch(c, width)
+        feature += [Conv2d(c_in, c, 3, 1, 1, bias=False, rng=rng), BatchNorm2d(c), make_neuron()]
+        feature += [pool] if pool is not None else []
+        c_in = c
+    h = _ch(1024, width)
+    head = Sequential(Linear(c_in * 16, h, rng=rng), make_neuron(), Linear(h, num_classes, rng=rng))
+    return Net([("feature", Sequential(*feature)), ("flatten", Flatten()), ("classifier", head)],
+               splits)
+
+
+ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "alexnet",
+         "vgg11_ws", "sew_resnet34", "preact_resnet34")
 
 
 def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
@@ -166,4 +230,6 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "vgg11_ws":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]
         return _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels)
+    if arch == "alexnet":
+        return _alexnet(num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

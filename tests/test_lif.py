@@ -143,3 +143,21 @@ def test_bad_options():
         LIF(reset="medium")
     with pytest.raises(ValueError, match="surrogate"):
         LIF(surrogate="relu")
+
+
+@pytest.mark.parametrize("reset", ["soft", "hard"])
+def test_forward_from_an_entering_state(reset):
+    """lif_forward from u⁺_0 = u0 is the step loop from u0; final_state is that loop's last u⁺."""
+    rng = np.random.default_rng(3)
+    layer = LIF(reset=reset)
+    T, shape = 3, (2, 4, 5)
+    I = rng.normal(0.6, 1.0, size=(T * shape[0],) + shape[1:])
+    u0 = rng.normal(0.3, 0.5, size=shape)
+    s, cache = layer.forward(I, T, u0)
+    u_post, steps = u0, []
+    for t in range(T):
+        s_t, u_post, _ = layer.step(I[t * 2:(t + 1) * 2], u_post)
+        steps.append(s_t)
+    assert np.array_equal(s, np.concatenate(steps))
+    assert np.allclose(layer.final_state(cache), u_post, rtol=0, atol=1e-15)
+    assert not np.array_equal(s, layer.forward(I, T)[0])      # the entering state matters

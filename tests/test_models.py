@@ -88,3 +88,16 @@ def test_weight_decay_only_on_conv_and_linear_weights():
 def test_unknown_arch():
     with pytest.raises(ValueError, match="resnet18"):
         build_model("resnet1000")
+
+
+def test_alexnet_configuration_and_event_frames():
+    sd = build_model("alexnet").state_dict()
+    convs = [(k, v.shape) for k, v in sd.items() if v.ndim == 4]
+    assert [s[:2] for _, s in convs] == [(64, 3), (192, 64), (384, 192), (256, 384), (256, 256)]
+    assert all(s[2:] == (3, 3) for _, s in convs) and "feature.0.bias" not in sd
+    assert sd["classifier.0.weight"].shape == (1024, 4096)
+    assert sd["classifier.2.weight"].shape == (10, 1024)
+    model = build_model("alexnet", 10, width=0.125, in_channels=2).eval()
+    frames = np.random.default_rng(0).random((3, 2, 2, 48, 48)).astype(np.float32)  # (T, B, 2, H, W)
+    out = predict(model, frames, 3)
+    assert out.shape == (2, 10) and np.all(np.isfinite(out))

@@ -113,25 +113,34 @@ def lif_step_backward(ds, du_post, cache, p):
     return du, p.decay * du
 
 
-def lif_forward(I, T, p):
+def lif_forward(I, T, p, u0=None):
     """All T steps. I: (T*B, ...) input currents, time-major. Returns s (T*B, ...), LIFCache.
 
+    u0: (B, ...) post-reset potential entering step 1 (None: at rest, u⁺_0 = 0); it enters as
+    a value only, backward gives no gradient for it.
     Neurons are independent: on the CPU each thread runs the time loop on its own range of them.
     """
     xp = get_array_module(I)
     shape = I.shape
     I = I.reshape(T, -1)                             # (T*B, ...) -> (T, neurons)
+    u0 = None if u0 is None else u0.reshape(-1)      # (B, ...) -> (neurons,)
     s = xp.empty_like(I)
     u_all = xp.empty_like(I)
 
     def run(a, b):                                   # neurons a..b, all steps
-        u_post = None
+        u_post = None if u0 is None else u0[a:b]
         for t in range(T):
             s[t, a:b], u_post, step_cache = lif_step(I[t, a:b], u_post, p)
             u_all[t, a:b] = step_cache.u
 
     cpu_map(run, cpu_ranges(xp, I.shape[1], T * I.itemsize))
     return s.reshape(shape), LIFCache(u=u_all.reshape(T, -1, *shape[1:]))
+
+
+def lif_final_state(cache, p):
+    """u⁺_T, the post-reset potential after the last step of a LIFCache: (B, ...), a new array."""
+    u = cache.u[-1]
+    return _reset(u, _spike(u - p.threshold, p), p)
 
 
 def lif_backward(ds, cache, p):
@@ -214,8 +223,11 @@ class LIF(Module):
         alpha = DEFAULT_ALPHA[surrogate] if alpha is None else alpha
         self.p = LIFParams(decay, threshold, reset, v_reset, detach_reset, surrogate, alpha, smooth)
 
-    def forward(self, I, T):
-        return lif_forward(I, T, self.p)
+    def forward(self, I, T, u0=None):
+        return lif_forward(I, T, self.p, u0)
+
+    def final_state(self, cache):
+        return lif_final_state(cache, self.p)
 
     def backward(self, ds, cache):
         return lif_backward(ds, cache, self.p)

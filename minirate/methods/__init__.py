@@ -1,6 +1,7 @@
 """Training methods. Each drives the same layers; `make_method(name, model, T, ...)` builds one.
 
     bptt     backpropagation through time ('m' multi-step or 's' single-step, --step-mode)
+    tbptt    truncated BPTT: windows of `window` steps, no gradient across a window edge
     rate     rate-based backpropagation, multi-step spike pass (same as rate_m)
     rate_m   rate-based backpropagation, multi-step spike pass
     rate_s   rate-based backpropagation, single-step spike pass
@@ -8,30 +9,56 @@
     ottt     online training through time (SLTT's backward, weight gradients from traces)
 
 `per_step_loss=True`: the loss is (1/T) Σ_t loss_fn(out_t, y), one per step (bptt, rate_m,
-rate_s; sltt and ottt always train so).
+rate_s; sltt and ottt always train so). bptt, tbptt, rate_m and rate_s can also train the
+network block by block (`local_blocks` > 1 or `split_at`; local.py).
 """
 from .bptt import BPTT
 from .common import predict
+from .local import LocalBlocks
 from .ottt import OTTT
 from .rate import RateBP
 from .sltt import SLTT
+from .tbptt import TBPTT, UPDATES
 
-METHODS = ("bptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
+METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
+LOCAL = ("bptt", "tbptt", "rate", "rate_m", "rate_s")      # methods that run block by block
 
 
 def make_method(name, model, T, step_mode="m", scale_grad_by_T=True, per_step_loss=False,
-                sltt_k=None, ottt_update="accumulate", seed=0):
-    if name == "bptt":
-        return BPTT(model, T, step_mode, per_step_loss)
-    if name in ("rate", "rate_m"):
-        return RateBP(model, T, "m", scale_grad_by_T, per_step_loss)
-    if name == "rate_s":
-        return RateBP(model, T, "s", scale_grad_by_T, per_step_loss)
-    if name == "sltt":
-        return SLTT(model, T, sltt_k, seed)
-    if name == "ottt":
-        return OTTT(model, T, ottt_update)
-    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+                sltt_k=None, ottt_update="accumulate", seed=0, window=None, update="per-batch",
+                local_blocks=1, split_at=None):
+    """The method `name` on `model`. tbptt only: `window` K (None = T), `update` per-batch or
+    per-window. sltt only: `sltt_k`, `seed`; ottt only: `ottt_update`. bptt and the rate methods:
+    `per_step_loss`. The methods in LOCAL: `local_blocks` N, or `split_at` (module names where
+    blocks start)."""
+    if name != "tbptt" and (window is not None or update != "per-batch"):
+        raise ValueError("window and update belong to the tbptt method")
+    local = local_blocks != 1 or bool(split_at)
+    if local and name not in LOCAL:
+        raise ValueError(f"local blocks train with {', '.join(LOCAL)}, not {name}")
+    if per_step_loss and (name == "tbptt" or local):
+        raise ValueError("the per-step loss is for bptt, rate_m and rate_s on the whole network "
+                         "(tbptt and local blocks have a loss per window and per block)")
+
+    def make_base(net):
+        if name == "bptt":
+            return BPTT(net, T, step_mode, per_step_loss)
+        if name == "tbptt":
+            return TBPTT(net, T, step_mode, window, update)
+        if name in ("rate", "rate_m"):
+            return RateBP(net, T, "m", scale_grad_by_T, per_step_loss)
+        if name == "rate_s":
+            return RateBP(net, T, "s", scale_grad_by_T, per_step_loss)
+        if name == "sltt":
+            return SLTT(net, T, sltt_k, seed)
+        if name == "ottt":
+            return OTTT(net, T, ottt_update)
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+
+    if not local:
+        return make_base(model)
+    return LocalBlocks(model, T, make_base, local_blocks, split_at)
 
 
-__all__ = ["BPTT", "OTTT", "RateBP", "SLTT", "METHODS", "make_method", "predict"]
+__all__ = ["BPTT", "TBPTT", "OTTT", "RateBP", "SLTT", "LocalBlocks", "METHODS", "LOCAL",
+           "UPDATES", "make_method", "predict"]
