@@ -188,6 +188,10 @@ def test_second_ctrl_c_quits_with_one_line_and_keeps_the_checkpoint(tmp_path, sy
     (["--nesterov", "--momentum", "0"], ["--nesterov"]),
     (["--nesterov", "--optimizer", "adam"], ["--nesterov"]),
     (["--out", " "], ["--out"]),
+    (["--method", "sltt", "--local-blocks", "2", "--arch", "small"], ["--local-blocks", "sltt"]),
+    (["--method", "tbptt", "--loss", "per-step"], ["--loss per-step", "tbptt"]),
+    (["--local-blocks", "2", "--arch", "small", "--loss", "per-step"], ["--loss per-step"]),
+    (["--roll", "48"], ["--roll", "--frame-size"]),
 ])
 def test_out_of_range_options(tmp_path, args, words):
     _one_line_error(run_train(*args, "--out", tmp_path / "o") if "--out" not in args
