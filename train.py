@@ -496,6 +496,8 @@ def main(argv=None):
         except StateDictError as e:
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update({k: meta["position"][k] for k in pos})
+        if hasattr(method, "load_state_dict"):   # e.g. SLTT-K's count of random draws
+            method.load_state_dict(meta.get("method_state") or {})
         log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
             f"{steps_per_epoch} steps done, step {pos['step']} in all")
     elif cfg["overwrite"] and lead:
@@ -508,8 +510,9 @@ def main(argv=None):
             return
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+        method_state = method.state_dict() if hasattr(method, "state_dict") else {}
         save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos),
-                                       "world_size": comm.size})
+                                       "world_size": comm.size, "method_state": method_state})
 
     if lead:
         with open(os.path.join(out, "config.json.tmp"), "w") as f:

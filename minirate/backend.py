@@ -9,8 +9,9 @@ batchnorm, LIF) therefore split their work into one contiguous range per core (`
 samples for convolution and batchnorm, neurons for LIF) and run the ranges on `cpu_threads()` threads at once (`cpu_map`),
 each with single-threaded BLAS: then the copies and the elementwise maths run in parallel too.
 threadpoolctl, the maintained way to set a loaded BLAS's thread count at run time, holds BLAS to
-one thread from the first such call on, for the whole process (set MINIRATE_NUM_THREADS=1 to
-keep BLAS's own threading instead). Without threadpoolctl everything runs on one thread of
+one thread for the whole process as soon as more than one thread is chosen (at get_xp('cpu') or
+the first CPU operation), so that every operation of a run sums in the same order, however the
+run was started or resumed (set MINIRATE_NUM_THREADS=1 to keep BLAS's own threading instead). Without threadpoolctl everything runs on one thread of
 Python and BLAS keeps its own threads.
 """
 import os
@@ -39,6 +40,7 @@ class DeviceError(RuntimeError):
 def get_xp(device):
     """Array module for a device name: numpy for 'cpu', cupy for 'cuda'."""
     if device == "cpu":
+        cpu_threads()           # settle the threads (and BLAS's) before the first operation
         return np
     if device != "cuda":
         raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -106,7 +108,17 @@ def cpu_threads():
             if env:
                 sys.stderr.write(f"warning: MINIRATE_NUM_THREADS={env!r} is not a positive "
                                  f"integer; using {_cpu['threads']} threads\n")
+        if _cpu["threads"] > 1:
+            _hold_blas_to_one_thread()
     return _cpu["threads"]
+
+
+def _hold_blas_to_one_thread():
+    """From now on, for the whole process (see the module docstring). Set as soon as the thread
+    count is known, before any operation: were BLAS multi-threaded for a process's first
+    operations only, a resumed run would sum in another order than the run it continues."""
+    if _cpu["blas"] is None and ThreadpoolController is not None:
+        _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 def set_cpu_threads(n):
@@ -114,6 +126,8 @@ def set_cpu_threads(n):
     if int(n) < 1:
         raise ValueError(f"need at least one CPU thread, got {n}")
     _cpu["threads"] = int(n)
+    if n > 1:
+        _hold_blas_to_one_thread()
     if _cpu["pool"] is not None:
         _cpu["pool"].shutdown()
         _cpu["pool"] = None
@@ -128,8 +142,8 @@ def share_cores(n_processes):
         return
     n = max(1, _available_cores() // max(1, int(n_processes)))
     set_cpu_threads(n)
-    if n == 1 and ThreadpoolController is not None and _cpu["blas"] is None:
-        _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
+    if n == 1:
+        _hold_blas_to_one_thread()
 
 
 MIN_THREAD_BYTES = 2**20   # a thread takes a range only if it holds this many bytes of work
@@ -160,8 +174,7 @@ def cpu_map(fn, arg_tuples):
         return [fn(*args) for args in arg_tuples]
     if _cpu["pool"] is None:
         _cpu["pool"] = ThreadPoolExecutor(cpu_threads(), thread_name_prefix="minirate-cpu")
-    if _cpu["blas"] is None:   # from now on, for the whole process (see the module docstring)
-        _cpu["blas"] = ThreadpoolController().limit(limits=1, user_api="blas")
+    _hold_blas_to_one_thread()
     err = np.geterr()
 
     def call(args):

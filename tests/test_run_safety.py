@@ -332,3 +332,18 @@ def test_progress_in_a_log_never_goes_silent(monkeypatch):
     stamps = [60 * int(m) + int(s) for m, s in elapsed]
     assert stamps[0] == 4 and max(np.diff(stamps)) <= 16 and "100/100" in log.lines[-1]
     assert not any("\r" in line for line in log.lines)
+
+
+def test_sltt_k_resumes_exactly(tmp_path, synth):
+    """SLTT-K draws its K steps per batch at random: a resumed run draws what the uninterrupted
+    one did (the draw depends on the seed and the number of batches, kept in the checkpoint)."""
+    args = ["--method", "sltt", "--sltt-k", "1", "--epochs", "2"]
+    assert run_train(*quick(tmp_path / "full", synth, *args)).returncode == 0
+    out = tmp_path / "cut"
+    assert run_train(*quick(out, synth, *args, "--max-steps", "3")).returncode == 0
+    r = run_train(*quick(out, synth, *args, "--resume", "auto"))
+    assert r.returncode == 0, r.stderr
+    a, b = _arrays(tmp_path / "full" / "last.npz"), _arrays(out / "last.npz")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert load_checkpoint(out / "last.npz")[1]["method_state"] == {"batches": 12}

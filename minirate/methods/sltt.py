@@ -49,15 +49,25 @@ class SLTT:
         if not 1 <= k <= T:
             raise ValueError(f"SLTT-K needs 1 <= K <= T, got K={k} with T={T}")
         self.model, self.T, self.k = model, T, k
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.batches = 0              # batches stepped: the draw of batch n depends on (seed, n)
         self.kept_bytes = 0           # bytes held at a step's backward (the largest over steps)
         self.backward_steps = list(range(T))    # steps that got a backward in the last batch
 
     def choose_steps(self):
-        """The steps that get a backward: all T, or K drawn at random (randperm(T)[:K])."""
+        """The steps that get a backward: all T, or K drawn at random (randperm(T)[:K]) from a
+        generator seeded with (seed, batch number), so a resumed run draws what it would have."""
         if self.k == self.T:
             return list(range(self.T))
-        return sorted(int(t) for t in self.rng.permutation(self.T)[:self.k])
+        rng = np.random.default_rng((self.seed, self.batches))
+        return sorted(int(t) for t in rng.permutation(self.T)[:self.k])
+
+    def state_dict(self):
+        """What a checkpoint keeps of the method: the number of batches stepped."""
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state):
+        self.batches = int(state.get("batches", 0))
 
     def step(self, x, y, loss_fn=cross_entropy, after_step=None):
         """T steps of forward, each followed by its own spatial backward; adds gradients.
@@ -71,6 +81,7 @@ class SLTT:
             raise ValueError(f"{self.name} with an update at every step needs after_step")
         T, params = self.T, self.model.params_list()
         self.backward_steps = self.choose_steps()
+        self.batches += 1
         state = {}                    # LIF layer -> what it carries to the next step
         loss, logits, kept = 0.0, 0, 0
         for t in range(T):
