@@ -97,3 +97,22 @@ def test_gpu_check_script_keeps_its_budget(tmp_path):
     assert "| env | ok |" in summary
     assert summary.count("skipped:") >= 5
     assert (tmp_path / "env.log").exists() and "numpy" in (tmp_path / "env.log").read_text()
+
+
+def test_whole_network_checks_sample_entries_only_off_numpy(monkeypatch):
+    """Every entry on NumPy; on another array module GPU_ENTRIES distinct entries, the same
+    ones every time, and a numerical gradient and error taken at just those."""
+    from tests import gradcheck
+    x = np.random.default_rng(0).normal(size=(4, 3, 5))
+    assert gradcheck.check_entries(x) is None
+    monkeypatch.setattr(gradcheck, "get_array_module", lambda a: object())   # as if on CuPy
+    entries = gradcheck.check_entries(x)
+    assert entries == gradcheck.check_entries(x)
+    assert len(set(entries)) == len(entries) == gradcheck.GPU_ENTRIES
+    assert all(all(0 <= i < n for i, n in zip(e, x.shape)) and len(e) == 3 for e in entries)
+    assert gradcheck.check_entries(x[:1, :1]) is None                      # small: every entry
+    monkeypatch.setattr(gradcheck, "get_array_module", lambda a: np)
+    num = gradcheck.numerical_grad(lambda: x ** 2, x, np.ones_like(x), entries=entries)
+    assert np.count_nonzero(num) == len(entries)
+    assert gradcheck.rel_error(2 * x, num, entries) < 1e-8
+    assert gradcheck.rel_error(2 * x, num) > 0.1        # the other entries were not computed
