@@ -287,45 +287,59 @@ def main(argv=None):
     rows = []
     for name in a.methods:
         for T in a.T:
-            model = build_model("resnet18").to(xp)
-            method = make_method(name, model, T)
-            net = torch_resnet18(T).to(dev).train()
-            copy_weights(build_model("resnet18"), net)
-
-            def step_minirate():
-                model.zero_grad()
-                method.step(xm, ym)
-                synchronize(xp)
-
-            def step_torch():
-                net.zero_grad(set_to_none=False)
-                torch_step(net, name, T, xt, yt)
-                if a.device == "cuda":
-                    torch.cuda.synchronize()
-
-            step_minirate(), step_torch()                     # warm-up both
-            tm, tt = [], []
-            for _ in range(a.repeats):
-                tm.append(_once(step_minirate))
-                tt.append(_once(step_torch))
-            m, t = float(np.median(tm)), float(np.median(tt))
-            row = {"method": name, "T": T, "minirate_s": m, "torch_s": t, "time_ratio": m / t}
+            try:
+                row = measure(a, xp, dev, name, T, (xm, ym), (xt, yt))
+            except Exception as e:      # e.g. out of memory: the other rows still come
+                print(f"| {name} | {T} | failed: {type(e).__name__}: {str(e)[:100]} | | | | | |",
+                      flush=True)
+                rows.append({"method": name, "T": T, "error": f"{type(e).__name__}: {e}"})
+                continue
+            rows.append(row)
             if a.device == "cuda":
-                row["minirate_peak"] = peak_step_bytes(xp, step_minirate)
-                row["torch_peak"] = torch_peak_bytes(step_torch)
-                row["memory_ratio"] = row["minirate_peak"] / row["torch_peak"]
                 mem = (f"{row['minirate_peak'] / MiB:.0f} | {row['torch_peak'] / MiB:.0f} | "
                        f"{row['memory_ratio']:.2f}")
             else:
                 mem = "- | - | -"
-            rows.append(row)
+            m, t = row["minirate_s"], row["torch_s"]
             print(f"| {name} | {T} | {1e3 * m:.1f} | {1e3 * t:.1f} | {m / t:.2f} | {mem} |",
                   flush=True)
-            del model, method, net
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"config": vars(a), "rows": rows}, f, indent=1)
     return 0
+
+
+def measure(a, xp, dev, name, T, minirate_batch, torch_batch):
+    """One row: both sides' median step time (and on the GPU their peak step memory)."""
+    (xm, ym), (xt, yt) = minirate_batch, torch_batch
+    model = build_model("resnet18").to(xp)
+    method = make_method(name, model, T)
+    net = torch_resnet18(T).to(dev).train()
+    copy_weights(build_model("resnet18"), net)
+
+    def step_minirate():
+        model.zero_grad()
+        method.step(xm, ym)
+        synchronize(xp)
+
+    def step_torch():
+        net.zero_grad(set_to_none=False)
+        torch_step(net, name, T, xt, yt)
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    step_minirate(), step_torch()                     # warm-up both
+    tm, tt = [], []
+    for _ in range(a.repeats):
+        tm.append(_once(step_minirate))
+        tt.append(_once(step_torch))
+    m, t = float(np.median(tm)), float(np.median(tt))
+    row = {"method": name, "T": T, "minirate_s": m, "torch_s": t, "time_ratio": m / t}
+    if a.device == "cuda":
+        row["minirate_peak"] = peak_step_bytes(xp, step_minirate)
+        row["torch_peak"] = torch_peak_bytes(step_torch)
+        row["memory_ratio"] = row["minirate_peak"] / row["torch_peak"]
+    return row
 
 
 def torch_peak_bytes(fn):

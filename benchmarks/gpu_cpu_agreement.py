@@ -148,6 +148,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def compare(label, build, xps, xg, yg, batches, a):
+    """One method's row: gradient errors (spike, smooth), loss curves on both devices."""
+    row = {"method": label}
+    for smooth in (False, True):
+        (la, ga), (lb, gb) = (one_step_gradients(build, xp, xg, yg, a.T, a, smooth)
+                              for xp in xps)
+        key = "smooth" if smooth else "spike"
+        row[f"grad_err_{key}"] = max_rel_error(ga, gb)
+        row[f"loss_err_{key}"] = abs(la - lb) / max(abs(lb), 1e-300)
+        # a tensor whose gradient is zero everywhere would agree trivially
+        row[f"zero_grads_{key}"] = [k for k, g in gb.items() if not np.any(g)]
+    (ca, ta), (cb, tb) = (loss_curve(build, xp, batches, a.train_T, a) for xp in xps)
+    row.update(curve_err=curve_difference(ca, cb), loss_first=cb[0], loss_last_A=ca[-1],
+               loss_last_B=cb[-1], seconds_A=ta, seconds_B=tb, curve_A=ca, curve_B=cb)
+    row["ok"] = bool(row["grad_err_spike"] <= a.grad_tol and row["grad_err_smooth"] <= a.grad_tol
+                     and row["curve_err"] <= a.loss_tol and not row["zero_grads_spike"]
+                     and not row["zero_grads_smooth"])
+    return row
+
+
 def run(a):
     xps = [get_xp(d) for d in a.devices]
     builders = method_builders(a.methods)
@@ -160,27 +180,18 @@ def run(a):
     xs = normalize(x_train[:need])
     batches = [(xs[i:i + a.batch_size], y_train[i:i + a.batch_size])
                for i in range(0, need, a.batch_size)]
-    A, B = a.devices
     rows = []
     for label, build in builders:
-        row = {"method": label}
-        for smooth in (False, True):
-            (la, ga), (lb, gb) = (one_step_gradients(build, xp, xg, yg, a.T, a, smooth)
-                                  for xp in xps)
-            key = "smooth" if smooth else "spike"
-            row[f"grad_err_{key}"] = max_rel_error(ga, gb)
-            row[f"loss_err_{key}"] = abs(la - lb) / max(abs(lb), 1e-300)
-            # a tensor whose gradient is zero everywhere would agree trivially
-            row[f"zero_grads_{key}"] = [k for k, g in gb.items() if not np.any(g)]
-        (ca, ta), (cb, tb) = (loss_curve(build, xp, batches, a.train_T, a) for xp in xps)
-        row.update(curve_err=curve_difference(ca, cb), loss_first=cb[0], loss_last_A=ca[-1],
-                   loss_last_B=cb[-1], seconds_A=ta, seconds_B=tb, curve_A=ca, curve_B=cb)
-        row["ok"] = bool(row["grad_err_spike"] <= a.grad_tol and row["grad_err_smooth"] <= a.grad_tol
-                         and row["curve_err"] <= a.loss_tol and not row["zero_grads_spike"]
-                         and not row["zero_grads_smooth"])
+        try:
+            row = compare(label, build, xps, xg, yg, batches, a)
+        except Exception as e:          # one broken method must not cost the others' rows
+            row = {"method": label, "ok": False, "error": f"{type(e).__name__}: {e}"}
+            print(f"{label}: FAILED: {row['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"{label}: grad err {row['grad_err_spike']:.1e} (smooth "
+                  f"{row['grad_err_smooth']:.1e}), loss curves {row['curve_err']:.1e}",
+                  file=sys.stderr, flush=True)
         rows.append(row)
-        print(f"{label}: grad err {row['grad_err_spike']:.1e} (smooth {row['grad_err_smooth']:.1e}),"
-              f" loss curves {row['curve_err']:.1e}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -194,6 +205,9 @@ def table(rows, a):
              f" loss step 1 | last loss A / B | s A / s B | ok |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:120]} | | | | | | NO |")
+            continue
         lines.append(f"| {r['method']} | {r['grad_err_spike']:.1e} | {r['grad_err_smooth']:.1e} |"
                      f" {r['curve_err']:.1e} | {r['loss_first']:.4f} | {r['loss_last_A']:.4f} /"
                      f" {r['loss_last_B']:.4f} | {r['seconds_A']:.2f} / {r['seconds_B']:.2f} |"

@@ -208,7 +208,12 @@ def main(argv=None):
     results = []
     for name in a.methods:
         for T in a.T:
-            results.append(profile(a, xp, name, T))
+            try:
+                results.append(profile(a, xp, name, T))
+            except Exception as e:      # the other methods' profiles still come
+                print(f"\n{name}, T={T}: failed: {type(e).__name__}: {e}")
+                results.append({"method": name, "T": T, "error": f"{type(e).__name__}: {e}"})
+                continue
             print_result(results[-1])
     if a.json:
         with open(a.json, "w") as f:

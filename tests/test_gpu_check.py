@@ -116,3 +116,20 @@ def test_whole_network_checks_sample_entries_only_off_numpy(monkeypatch):
     assert np.count_nonzero(num) == len(entries)
     assert gradcheck.rel_error(2 * x, num, entries) < 1e-8
     assert gradcheck.rel_error(2 * x, num) > 0.1        # the other entries were not computed
+
+
+def test_agreement_goes_on_past_a_broken_method(tmp_path, monkeypatch, capsys):
+    def broken(model, T):
+        raise RuntimeError("no kernel for this")
+    real = gpu_cpu_agreement.method_builders(["rate_m"])
+    monkeypatch.setattr(gpu_cpu_agreement, "method_builders",
+                        lambda only: [("broken", broken)] + real)
+    out = str(tmp_path / "a")
+    rc = gpu_cpu_agreement.main(["--devices", "cpu,cpu", "--steps", "1", "--batch-size", "2",
+                                 "--grad-batch", "2", "--T", "1", "--out", out])
+    assert rc == 1
+    rows = json.load(open(os.path.join(out, "agreement.json")))["rows"]
+    assert rows[0] == {"method": "broken", "ok": False,
+                       "error": "RuntimeError: no kernel for this"}
+    assert rows[1]["method"] == "rate_m" and rows[1]["ok"]
+    assert "| broken | failed: RuntimeError: no kernel for this |" in capsys.readouterr().out
