@@ -6,7 +6,7 @@
 #
 # Stages, in order of value, each time-boxed (`timeout`) and logged to $OUT/<stage>.log; a stage
 # that fails or times out is recorded in $OUT/SUMMARY.md and the script goes on. The whole run
-# keeps inside GPU_CHECK_BUDGET seconds (default 540): a stage gets at most what is left, and one
+# keeps inside GPU_CHECK_BUDGET seconds (default 480): a stage gets at most what is left, and one
 # with under 20 s left is skipped. docs/GPU.md says what each stage measures and what to do with
 # its output.
 #   0 env          GPU, driver, CuPy / PyTorch versions, which Python packages import
@@ -24,11 +24,19 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
-BUDGET=${GPU_CHECK_BUDGET:-540}
+BUDGET=${GPU_CHECK_BUDGET:-480}
 mkdir -p "$OUT" || { echo "error: cannot create OUT=$OUT" >&2; exit 1; }
 OUT=$(cd "$OUT" && pwd)
 [ -d .gpu_deps ] && export PYTHONPATH="$PWD/.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# the interpreter: $PYTHON, else python3 (on some GPU images the only one), else python; every
+# stage's "python" is this one
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+python() { "$PY" "$@"; }
+export -f python
+export PY
+# pytest-xdist, where installed, spreads the CuPy tests over 8 processes sharing the GPU
+XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8")
 START=$SECONDS
 SUMMARY="$OUT/SUMMARY.md"
 echo "# GPU check: device $DEVICE, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" > "$SUMMARY"
@@ -73,12 +81,12 @@ else            # the same stages on the CPU, sized to take seconds
     PROF="--device cpu --arch small --width 0.25 --batch-size 4 --T 2 --methods bptt rate_m"
 fi
 
-stage env 30 "nvidia-smi; python -c 'import sys; print(sys.version)';
+stage env 30 "echo \"python: \$PY\"; nvidia-smi; python -c 'import sys; print(sys.version)';
 for m in numpy cupy torch PIL h5py pytest matplotlib threadpoolctl mpi4py; do
     python -c \"import \$m; print('\$m', getattr(\$m, '__version__', '?'))\" 2>&1 | tail -n 1; done
 python -c 'import cupy; cupy.show_config()' 2>&1 | head -40"
 
-stage tests 240 "python -m pytest -q -rs -p no:cacheprovider -k cupy --maxfail=25 tests
+stage tests 240 "python -m pytest -q -rs -p no:cacheprovider -k cupy --maxfail=25 $XDIST tests
 rc=\$?; [ $DEVICE = cpu ] || [ \$rc -ne 0 ] || grep -qE '[0-9]+ passed' '$OUT/tests.log' ||
 { echo 'no CuPy test ran: see the skip reasons above'; exit 4; }; exit \$rc"
 
