@@ -5,7 +5,8 @@
 #   GPU_CHECK_DEVICE=cpu OUT=/tmp/gc bash benchmarks/gpu_check.sh   # the same stages, tiny, on a CPU
 #
 # Stages, in order of value, each time-boxed (`timeout`) and logged to $OUT/<stage>.log; a stage
-# that fails or times out is recorded in $OUT/SUMMARY.md and the script goes on. The whole run
+# that fails or times out is recorded in $OUT/SUMMARY.md and the script goes on (it exits 1 at
+# the end when any stage failed). The whole run
 # keeps inside GPU_CHECK_BUDGET seconds (default 480): a stage gets at most what is left, and one
 # with under 20 s left is skipped. docs/GPU.md says what each stage measures and what to do with
 # its output.
@@ -38,6 +39,7 @@ export PY
 # pytest-xdist, where installed, spreads the CuPy tests over 8 processes sharing the GPU
 XDIST=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8")
 START=$SECONDS
+FAILED=0
 SUMMARY="$OUT/SUMMARY.md"
 echo "# GPU check: device $DEVICE, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" > "$SUMMARY"
 echo "" >> "$SUMMARY"
@@ -62,6 +64,7 @@ stage() {
     local status="ok"
     [ $rc -ne 0 ] && status="FAILED (exit $rc)"
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMED OUT after ${box} s"
+    [ $rc -ne 0 ] && FAILED=$((FAILED + 1))
     echo "| $name | $status | $((SECONDS - t0)) | $name.log |" >> "$SUMMARY"
     echo "   $status, $((SECONDS - t0)) s"
     tail -n 3 "$OUT/$name.log" | sed 's/^/   | /'
@@ -110,5 +113,6 @@ stage memory_time 90 "python -m minirate.study memory-time $STUDY --out '$OUT/me
 stage profile 60 "python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile.json'"
 
 echo "" >> "$SUMMARY"
-echo "total: $((SECONDS - START)) s of a budget of $BUDGET s" >> "$SUMMARY"
+echo "total: $((SECONDS - START)) s of a budget of $BUDGET s; $FAILED stage(s) failed" >> "$SUMMARY"
 cat "$SUMMARY"
+[ "$FAILED" -eq 0 ]         # the exit status: 0 when no stage failed (skipped ones do not count)

@@ -133,3 +133,16 @@ def test_agreement_goes_on_past_a_broken_method(tmp_path, monkeypatch, capsys):
                        "error": "RuntimeError: no kernel for this"}
     assert rows[1]["method"] == "rate_m" and rows[1]["ok"]
     assert "| broken | failed: RuntimeError: no kernel for this |" in capsys.readouterr().out
+
+
+def test_gpu_check_script_goes_on_past_failed_stages(tmp_path):
+    """A broken interpreter fails every stage after env: each is recorded, every one still
+    runs, and the script's exit status says so."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
+    env = dict(os.environ, GPU_CHECK_DEVICE="cpu", PYTHON="/bin/false", OUT=str(tmp_path))
+    r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    summary = open(tmp_path / "SUMMARY.md").read()
+    for stage in ("tests", "agreement", "train", "torch", "memory_time", "profile"):
+        assert f"| {stage} | FAILED (exit 1) |" in summary
+    assert "6 stage(s) failed" in summary
