@@ -16,3 +16,31 @@ def sample_dir(tmp_path_factory):
     x_train, y_train, x_test, y_test, classes = load_cifar("cifar10-sample", None)
     return write_cifar10_folder(str(tmp_path_factory.mktemp("sample")), x_train, y_train,
                                 x_test, y_test, classes, "sample")
+
+
+# -- the array module: numpy always, cupy when a GPU is usable --------------------------------
+def _gpu_unusable():
+    """None when CuPy and a GPU are usable, else the reason they are not (for the skip)."""
+    from minirate import backend
+    try:
+        backend.get_xp("cuda")
+    except backend.DeviceError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def xp(request):
+    """The array module a test runs on: numpy, then cupy (skipped, saying why, without a GPU).
+
+    Tests take their data from NumPy generators and move it with `xp.asarray`; results come back
+    for comparison through `minirate.backend.to_numpy`.
+    """
+    if request.param == "numpy":
+        import numpy
+        return numpy
+    reason = _gpu_unusable()
+    if reason is not None:
+        pytest.skip(f"cupy: {reason}")
+    from minirate import backend
+    return backend.get_xp("cuda")

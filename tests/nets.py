@@ -1,6 +1,7 @@
 """Small float64 networks for the method tests."""
 import numpy as np
 
+from minirate.backend import get_array_module, to_device
 from minirate.layers.batchnorm import BatchNorm2d
 from minirate.layers.block import BasicBlock
 from minirate.layers.conv import Conv2d
@@ -12,9 +13,10 @@ from minirate.models import Net
 from minirate.layers.container import Sequential
 
 
-def tiny_resnet(seed=0, classes=5, **neuron):
+def tiny_resnet(seed=0, classes=5, xp=np, **neuron):
     """conv-BN-LIF, a residual block with a conv shortcut, a plain residual block, avg pools,
-    flatten, linear-LIF-linear: every kind of layer a spiking ResNet uses."""
+    flatten, linear-LIF-linear: every kind of layer a spiking ResNet uses. Float64, on array
+    module `xp` (the same weights for numpy and cupy)."""
     rng = np.random.default_rng(seed)
 
     def make_neuron():
@@ -36,11 +38,12 @@ def tiny_resnet(seed=0, classes=5, **neuron):
         if isinstance(m, BatchNorm2d):
             m.params["weight"][...] = rng.uniform(0.5, 1.5, m.params["weight"].shape)
             m.params["bias"][...] = rng.uniform(-0.2, 0.4, m.params["bias"].shape)
-    return net
+    return net.to(xp)
 
 
 def random_upstream_loss(G):
-    """loss = Σ logits · G: its gradient is the random upstream gradient G."""
+    """loss = Σ logits · G: its gradient is the random upstream gradient G (on the logits' device)."""
     def loss_fn(logits, y):
-        return float(np.sum(logits * G)), G.copy()
+        G_ = to_device(G, get_array_module(logits))
+        return float((logits * G_).sum()), G_.copy()
     return loss_fn

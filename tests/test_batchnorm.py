@@ -11,8 +11,9 @@ TOL = 1e-7
 SHAPES = {BatchNorm1d: (6, 3), BatchNorm2d: (3, 2, 3, 4)}
 
 
-def make(cls, seed=0, dtype=np.float64):
-    """Layer with random γ, β and running stats, plus an input with per-channel offsets."""
+def make(cls, seed=0, dtype=np.float64, xp=np):
+    """Layer with random γ, β and running stats, plus an input with per-channel offsets, on
+    array module xp."""
     rng = np.random.default_rng(seed)
     shape = SHAPES[cls]
     C = shape[1]
@@ -23,7 +24,7 @@ def make(cls, seed=0, dtype=np.float64):
     layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, C)
     offsets = rng.normal(size=C).reshape((1, C) + (1,) * (len(shape) - 2))
     x = (rng.normal(size=shape) * 1.5 + offsets).astype(dtype)
-    return layer, x, rng
+    return layer.to(xp), xp.asarray(x), rng
 
 
 def channel_values(x, c):
@@ -172,11 +173,11 @@ def check_grads(layer, x, f, dy, dx, grads):
 
 @pytest.mark.parametrize("cls", [BatchNorm1d, BatchNorm2d])
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck(cls, training):
-    layer, x, rng = make(cls)
+def test_gradcheck(cls, training, xp):
+    layer, x, rng = make(cls, xp=xp)
     layer.train(training)
     y, cache = layer.forward(x)
-    dy = rng.normal(size=y.shape)
+    dy = xp.asarray(rng.normal(size=y.shape))
     layer.zero_grad()
     dx = layer.backward(dy, cache)
     grads = {k: v.copy() for k, v in layer.grads.items()}

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import get_array_module, to_numpy
 from minirate.layers import conv as conv_module
 from minirate.layers.base import cache_nbytes
 from minirate.layers.conv import Conv2d, col2im, conv2d_backward, conv2d_forward, im2col
@@ -34,7 +35,7 @@ def naive_conv(x, W, b, stride, padding):
 
 def _grad_check(x, W, b, stride, padding, rng):
     y, cache = conv2d_forward(x, W, b, stride, padding)
-    dy = rng.standard_normal(y.shape)
+    dy = get_array_module(x).asarray(rng.standard_normal(y.shape))
     dx, dW, db = conv2d_backward(dy, cache)
 
     def f():
@@ -61,15 +62,16 @@ def column_order(request, monkeypatch):
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_forward_and_gradients(stride, padding, k, bias, column_order):
+def test_forward_and_gradients(stride, padding, k, bias, column_order, xp):
     rng = np.random.default_rng(100 * stride + 10 * padding + k)
     x = rng.standard_normal((2, 2, 7, 9))  # non-square, odd sizes: ragged strides
     W = rng.standard_normal((3, 2, k, k))
     b = rng.standard_normal(3) if bias else None
-    y, _ = conv2d_forward(x, W, b, stride, padding)
     ref = naive_conv(x, W, b, stride, padding)
+    x, W, b = xp.asarray(x), xp.asarray(W), None if b is None else xp.asarray(b)
+    y, _ = conv2d_forward(x, W, b, stride, padding)
     assert y.shape == ref.shape and y.flags.c_contiguous
-    assert np.allclose(y, ref, rtol=1e-12, atol=1e-12)
+    assert np.allclose(to_numpy(y), ref, rtol=1e-12, atol=1e-12)
     errs = _grad_check(x, W, b, stride, padding, rng)
     assert max(errs.values()) < TOL, errs
 

@@ -3,9 +3,10 @@ differences through time, rate_m/rate_s at T = 1 equal to BPTT, the rate pass on
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.methods import make_method
 from minirate.models import build_model
-from tests.gradcheck import numerical_grad, rel_error
+from tests.gradcheck import check_entries, numerical_grad, rel_error
 from tests.nets import random_upstream_loss, tiny_resnet
 
 T, B = 3, 2
@@ -36,12 +37,13 @@ def _spy_first_conv(net):
 
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
-def test_bptt_gradients_through_time_with_frames(step_mode):
+def test_bptt_gradients_through_time_with_frames(step_mode, xp):
     """Every pixel of every frame, and (multi-step; single-step parameters are checked with a
-    static input in test_bptt.py) every parameter, against central differences."""
-    net = tiny_resnet(0, surrogate="sigmoid", alpha=2.0, smooth=True, detach_reset=False)
+    static input in test_bptt.py) every parameter, against central differences (on CuPy: at
+    `check_entries`)."""
+    net = tiny_resnet(0, xp=xp, surrogate="sigmoid", alpha=2.0, smooth=True, detach_reset=False)
     method = make_method("bptt", net, T, step_mode)
-    x, y, G = _frames(0)
+    x, y, G = (xp.asarray(a) for a in _frames(0))
     loss_fn = random_upstream_loss(G)
     _, dxs = _spy_first_conv(net)
     net.zero_grad()
@@ -50,31 +52,34 @@ def test_bptt_gradients_through_time_with_frames(step_mode):
     if step_mode == "m":
         dx = dxs[0].reshape(x.shape)                # (T*B, C, H, W) -> (T, B, C, H, W)
     else:
-        dx = np.stack(dxs[::-1])                    # backward visits steps T-1, ..., 0
+        dx = xp.stack(dxs[::-1])                    # backward visits steps T-1, ..., 0
 
     def f():
         net.zero_grad()
         return method.step(x, y, loss_fn)[1]
 
     for name, p, _, _ in (net.parameters() if step_mode == "m" else []):
-        num = numerical_grad(f, p, G, h=1e-5)
-        assert np.abs(num).max() > 0, f"{name}: zero gradient, the check would prove nothing"
-        assert rel_error(analytic[name], num) < 1e-6, name
+        entries = check_entries(p)
+        num = numerical_grad(f, p, G, h=1e-5, entries=entries)
+        assert float(abs(num).max()) > 0, f"{name}: zero gradient, the check would prove nothing"
+        assert rel_error(analytic[name], num, entries) < 1e-6, name
     num = numerical_grad(f, x, G, h=1e-5)
     assert rel_error(dx, num) < 1e-6
     # the frames matter one by one: each frame's gradient differs from the others
+    num = to_numpy(num)
     assert not np.allclose(num[0], num[1]) and not np.allclose(num[1], num[2])
 
 
 @pytest.mark.parametrize("rate,step_mode", [("rate_m", "m"), ("rate_s", "s")])
-def test_rate_at_T1_equals_bptt_on_frames(rate, step_mode):
-    x, y, G = _frames(1, T_=1)
+def test_rate_at_T1_equals_bptt_on_frames(rate, step_mode, xp):
+    x, y, G = (xp.asarray(a) for a in _frames(1, T_=1))
     grads, logits = {}, {}
     for name, mode in ((rate, step_mode), ("bptt", step_mode)):
-        net = tiny_resnet(1)
+        net = tiny_resnet(1, xp=xp)
         net.zero_grad()
-        _, logits[name] = make_method(name, net, 1, mode).step(x, y, random_upstream_loss(G))
-        grads[name] = {k: g.copy() for k, _, g, _ in net.parameters()}
+        _, z = make_method(name, net, 1, mode).step(x, y, random_upstream_loss(G))
+        logits[name] = to_numpy(z)
+        grads[name] = {k: to_numpy(g) for k, _, g, _ in net.parameters()}
     assert np.allclose(logits[rate], logits["bptt"], rtol=1e-12, atol=1e-12)
     for k, g in grads["bptt"].items():
         assert np.abs(g).max() > 0

@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.layers.lif import LIF, lif_forward_rate, rate_and_eligibility
 from minirate.layers.surrogate import surrogate_grad, surrogate_smooth
 from tests.gradcheck import numerical_grad, rel_error
@@ -54,15 +55,15 @@ def test_surrogate_is_derivative_of_smooth(surrogate):
 
 
 @pytest.mark.parametrize("surrogate,reset", list(itertools.product(SURROGATES, RESETS)))
-def test_bptt_backward_matches_finite_differences(surrogate, reset):
+def test_bptt_backward_matches_finite_differences(surrogate, reset, xp):
     rng = np.random.default_rng(1)
     T, B, C = 5, 3, 4
     lif = LIF(reset=reset[0], detach_reset=reset[1], v_reset=-0.2 if reset[0] == "hard" else 0.0,
               surrogate=surrogate, smooth=True)
     I = rng.normal(0.8, 0.9, size=(T * B, C))
     ds = rng.normal(size=(T * B, C))
-    s, cache = lif.forward(I, T)
-    dI = lif.backward(ds, cache)
+    s, cache = lif.forward(xp.asarray(I), T)                 # the layer on xp, the reference on NumPy
+    s, dI = to_numpy(s), to_numpy(lif.backward(xp.asarray(ds), cache))
     # reference function: a plain loop; a detached reset uses the spikes at the unperturbed input
     frozen = reference_lif(I.reshape(T, -1), lif.p) if lif.p.detach_reset else None
     assert np.allclose(s.reshape(T, -1), reference_lif(I.reshape(T, -1), lif.p))
@@ -95,13 +96,13 @@ def test_single_step_equals_multi_step():
 
 
 @pytest.mark.parametrize("surrogate,reset", list(itertools.product(["sigmoid", "atan"], RESETS)))
-def test_eligibility_is_derivative_of_rate(surrogate, reset):
+def test_eligibility_is_derivative_of_rate(surrogate, reset, xp):
     """e = d r / d c for I_t + c at every step (smooth spikes; detached reset held fixed)."""
     rng = np.random.default_rng(3)
     T, B = 6, 40
     lif = LIF(reset=reset[0], detach_reset=reset[1], surrogate=surrogate, smooth=True)
     I = rng.normal(0.8, 1.0, size=(T * B,))
-    s, r, e = lif_forward_rate(I, T, lif.p)
+    s, r, e = (to_numpy(a) for a in lif_forward_rate(xp.asarray(I), T, lif.p))
     s_ref = reference_lif(I.reshape(T, B), lif.p)
     assert np.allclose(s.reshape(T, B), s_ref)
     assert np.allclose(r, s_ref.mean(axis=0))

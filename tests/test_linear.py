@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.layers.linear import Linear, linear_backward, linear_forward
 from tests.gradcheck import numerical_grad, rel_error
 
@@ -23,15 +24,17 @@ def naive_linear(x, W, b):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("x_shape", [(4, 5), (2, 3, 5)])
-def test_forward_and_gradients(x_shape, bias):
+def test_forward_and_gradients(x_shape, bias, xp):
     rng = np.random.default_rng(len(x_shape) + 10 * bias)
     x = rng.standard_normal(x_shape)
     W = rng.standard_normal((6, 5))
     b = rng.standard_normal(6) if bias else None
+    ref = naive_linear(x.reshape(-1, 5), W, b)
+    x, W, b = xp.asarray(x), xp.asarray(W), None if b is None else xp.asarray(b)
     y, cache = linear_forward(x, W, b)
     assert y.shape == x_shape[:-1] + (6,)
-    assert np.allclose(y.reshape(-1, 6), naive_linear(x.reshape(-1, 5), W, b), rtol=1e-12, atol=1e-12)
-    dy = rng.standard_normal(y.shape)
+    assert np.allclose(to_numpy(y).reshape(-1, 6), ref, rtol=1e-12, atol=1e-12)
+    dy = xp.asarray(rng.standard_normal(y.shape))
     dx, dW, db = linear_backward(dy, cache)
 
     def f():

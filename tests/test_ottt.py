@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.data.cifar import load_cifar
 from minirate.data.loader import Loader
 from minirate.layers.container import Sequential
@@ -18,15 +19,15 @@ from tests.test_sltt import per_step_random_loss
 DECAY, THETA = 0.5, 1.0
 
 
-def two_layer_net(seed=0):
-    """Linear - LIF - x2.74 - Linear (the readout fed by scaled spikes)."""
+def two_layer_net(seed=0, xp=np):
+    """Linear - LIF - x2.74 - Linear (the readout fed by scaled spikes), float64 on module xp."""
     rng = np.random.default_rng(seed)
     net = Net([("hidden", Sequential(Linear(6, 5, rng=rng), LIF(decay=DECAY, threshold=THETA),
                                      Scale(2.74))),
                ("classifier", Sequential(Linear(5, 3, rng=rng)))])
     net.to(np, np.float64)
     net.children["hidden"].children["0"].params["weight"] *= 3      # so that it fires
-    return net
+    return net.to(xp)
 
 
 def reference_ottt(net, x, Gs):
@@ -66,24 +67,25 @@ def reference_ottt(net, x, Gs):
             "classifier.0.weight": dW2, "classifier.0.bias": db2}
 
 
-def test_weight_gradient_is_gradient_times_trace():
+def test_weight_gradient_is_gradient_times_trace(xp):
     T = 4
     rng = np.random.default_rng(1)
     x = rng.normal(0.3, 1.0, size=(3, 6))
     Gs = rng.normal(size=(T, 3, 3))
-    net = two_layer_net(1)
+    net = two_layer_net(1, xp)
     net.zero_grad()
-    make_method("ottt", net, T).step(x, np.zeros(3, int), per_step_random_loss(Gs))
+    y = xp.zeros(3, int)
+    make_method("ottt", net, T).step(xp.asarray(x), y, per_step_random_loss(Gs))
     ref = reference_ottt(two_layer_net(1), x, Gs)
-    grads = {name: g for name, _, g, _ in net.parameters()}
+    grads = {name: to_numpy(g) for name, _, g, _ in net.parameters()}
     assert set(grads) == set(ref)
     for name in ref:
         assert np.abs(ref[name]).max() > 0
         assert np.allclose(grads[name], ref[name], rtol=1e-12, atol=1e-14), name
     # the trace matters: spikes in its place (SLTT) give another readout gradient
     net.zero_grad()
-    make_method("sltt", net, T).step(x, np.zeros(3, int), per_step_random_loss(Gs))
-    sltt_grads = {name: g for name, _, g, _ in net.parameters()}
+    make_method("sltt", net, T).step(xp.asarray(x), y, per_step_random_loss(Gs))
+    sltt_grads = {name: to_numpy(g) for name, _, g, _ in net.parameters()}
     assert not np.allclose(sltt_grads["classifier.0.weight"], ref["classifier.0.weight"])
 
 

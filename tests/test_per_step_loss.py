@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.layers.lif import LIF
 from minirate.layers.linear import Linear
 from minirate.layers.pool import AdaptiveAvgPool2d, AvgPool2d
@@ -12,12 +13,13 @@ from minirate.layers.container import Sequential
 from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import make_method
 from minirate.models import Net
-from tests.gradcheck import numerical_grad, rel_error
+from tests.gradcheck import check_entries, numerical_grad, rel_error
 from tests.nets import random_upstream_loss, tiny_resnet
 
 
-def tiny_ws_net(seed=0, **neuron):
-    """OTTT's kind of network in miniature: sWS conv - LIF - x2.74, pooling, linear readout."""
+def tiny_ws_net(seed=0, xp=np, **neuron):
+    """OTTT's kind of network in miniature: sWS conv - LIF - x2.74, pooling, linear readout;
+    float64 on array module xp."""
     rng = np.random.default_rng(seed)
     net = Net([("feature", Sequential(ScaledWSConv2d(2, 3, 3, 1, 1, rng=rng), LIF(**neuron),
                                       Scale(2.74), AvgPool2d(2),
@@ -28,7 +30,7 @@ def tiny_ws_net(seed=0, **neuron):
     for _, m in net.named_modules():
         if "gain" in m.params:
             m.params["gain"][...] = rng.uniform(0.8, 1.6, m.params["gain"].shape)
-    return net
+    return net.to(xp)
 
 
 def test_ce_mse_against_loops_and_finite_differences():
@@ -47,6 +49,8 @@ def test_ce_mse_against_loops_and_finite_differences():
 
 
 def _whole_net_check(net, method, x, y, loss_fn):
+    xp = net.xp
+    x, y = xp.asarray(x), xp.asarray(y)
     net.zero_grad()
     method.step(x, y, loss_fn)
     analytic = {name: g.copy() for name, _, g, _ in net.parameters()}
@@ -55,36 +59,38 @@ def _whole_net_check(net, method, x, y, loss_fn):
         net.zero_grad()
         return np.array(method.step(x, y, loss_fn)[0])
     for name, p, _, _ in net.parameters():
-        num = numerical_grad(f, p, np.array(1.0), h=1e-5)
-        assert np.abs(num).max() > 0, f"{name}: zero gradient proves nothing"
-        assert rel_error(analytic[name], num) < 1e-6, name
+        entries = check_entries(p)
+        num = numerical_grad(f, p, np.array(1.0), h=1e-5, entries=entries)
+        assert float(abs(num).max()) > 0, f"{name}: zero gradient proves nothing"
+        assert rel_error(analytic[name], num, entries) < 1e-6, name
 
 
-def test_bptt_m_per_step_loss_whole_network():
+def test_bptt_m_per_step_loss_whole_network(xp):
     """Multi-step BPTT with the per-step CE + MSE loss through a small ResNet over T = 3 steps
     (smooth test spike, reset not detached) against finite differences of the loss."""
     rng = np.random.default_rng(3)
-    net = tiny_resnet(3, surrogate="sigmoid", alpha=2.0, smooth=True, detach_reset=False)
+    net = tiny_resnet(3, xp=xp, surrogate="sigmoid", alpha=2.0, smooth=True, detach_reset=False)
     x, y = rng.normal(0.5, 1.0, size=(2, 3, 6, 6)), np.array([1, 4])
     _whole_net_check(net, make_method("bptt", net, 3, "m", per_step_loss=True), x, y, ce_mse(0.4))
 
 
-def test_bptt_s_per_step_loss_whole_ws_network_on_frames():
+def test_bptt_s_per_step_loss_whole_ws_network_on_frames(xp):
     """Single-step BPTT, per-step loss, sWS network, a different input frame at each step."""
     rng = np.random.default_rng(4)
-    net = tiny_ws_net(4, decay=0.5, surrogate="sigmoid", alpha=2.0, smooth=True,
+    net = tiny_ws_net(4, xp, decay=0.5, surrogate="sigmoid", alpha=2.0, smooth=True,
                       detach_reset=False)
     x, y = rng.normal(0.5, 1.0, size=(3, 2, 2, 4, 4)), np.array([2, 0])
     _whole_net_check(net, make_method("bptt", net, 3, "s", per_step_loss=True), x, y, ce_mse(0.4))
 
 
-def _grads(name, T, loss_fn, seed=0, **kw):
-    net = tiny_resnet(seed)
+def _grads(name, T, loss_fn, seed=0, xp=np, **kw):
+    """Gradients as NumPy arrays, computed on array module xp."""
+    net = tiny_resnet(seed, xp=xp)
     rng = np.random.default_rng(10 + seed)
     x, y = rng.normal(0.5, 1.0, size=(4, 3, 6, 6)), rng.integers(0, 5, size=4)
     net.zero_grad()
-    loss, logits = make_method(name, net, T, **kw).step(x, y, loss_fn)
-    return {n: g.copy() for n, _, g, _ in net.parameters()}, loss, logits, (net, x, y)
+    loss, logits = make_method(name, net, T, **kw).step(xp.asarray(x), xp.asarray(y), loss_fn)
+    return {n: to_numpy(g) for n, _, g, _ in net.parameters()}, loss, logits, (net, x, y)
 
 
 def _max_rel(a, b):
@@ -92,9 +98,10 @@ def _max_rel(a, b):
 
 
 @pytest.mark.parametrize("rate,mode", [("rate_m", "m"), ("rate_s", "s")])
-def test_rate_per_step_loss_at_T1_equals_bptt(rate, mode):
-    g_r, l_r, _, _ = _grads(rate, 1, ce_mse(0.05), per_step_loss=True, scale_grad_by_T=False)
-    g_b, l_b, _, _ = _grads("bptt", 1, ce_mse(0.05), step_mode=mode, per_step_loss=True)
+def test_rate_per_step_loss_at_T1_equals_bptt(rate, mode, xp):
+    g_r, l_r, _, _ = _grads(rate, 1, ce_mse(0.05), xp=xp, per_step_loss=True,
+                            scale_grad_by_T=False)
+    g_b, l_b, _, _ = _grads("bptt", 1, ce_mse(0.05), xp=xp, step_mode=mode, per_step_loss=True)
     assert np.isclose(l_r, l_b, rtol=1e-12)
     assert _max_rel(g_r, g_b) < 1e-10
 

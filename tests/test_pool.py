@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.layers.base import cache_nbytes
 from minirate.layers.pool import (AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, adaptive_avg_pool2d_backward,
                                   adaptive_avg_pool2d_forward, avg_pool2d_backward, avg_pool2d_forward,
@@ -82,28 +83,31 @@ def _distinct(rng, shape):
 
 
 @pytest.mark.parametrize("k,s,p,H,W", CASES)
-def test_avg_pool(k, s, p, H, W):
+def test_avg_pool(k, s, p, H, W, xp):
     rng = np.random.default_rng(k * 100 + p * 10 + H)
     x = rng.standard_normal((2, 3, H, W))
+    ref = naive_avg(x, k, s, p)
+    x = xp.asarray(x)
     y, cache = avg_pool2d_forward(x, k, s, p)
-    assert np.allclose(y, naive_avg(x, k, s, p), rtol=1e-12, atol=1e-12)
+    assert np.allclose(to_numpy(y), ref, rtol=1e-12, atol=1e-12)
     assert cache_nbytes(cache) == 0  # only shapes and settings
-    dy = rng.standard_normal(y.shape)
+    dy = xp.asarray(rng.standard_normal(y.shape))
     num = numerical_grad(lambda: avg_pool2d_forward(x, k, s, p)[0], x, dy)
     assert rel_error(avg_pool2d_backward(dy, cache), num) < TOL
 
 
 @pytest.mark.parametrize("k,s,p,H,W", CASES)
-def test_max_pool(k, s, p, H, W):
+def test_max_pool(k, s, p, H, W, xp):
     rng = np.random.default_rng(k * 100 + p * 10 + H)
     x = _distinct(rng, (2, 3, H, W))
-    y, cache = max_pool2d_forward(x, k, s, p)
+    y, cache = max_pool2d_forward(xp.asarray(x), k, s, p)
     dy = rng.standard_normal(y.shape)
     y_ref, dx_ref = naive_max(x, dy, k, s, p)
-    assert np.array_equal(y, y_ref)
+    assert np.array_equal(to_numpy(y), y_ref)
     assert cache.argmax.dtype == np.uint8 and cache.argmax.shape == y.shape
+    x, dy = xp.asarray(x), xp.asarray(dy)
     dx = max_pool2d_backward(dy, cache)
-    assert np.allclose(dx, dx_ref, rtol=1e-14, atol=1e-14)
+    assert np.allclose(to_numpy(dx), dx_ref, rtol=1e-14, atol=1e-14)
     num = numerical_grad(lambda: max_pool2d_forward(x, k, s, p)[0], x, dy)
     assert rel_error(dx, num) < TOL
 
@@ -121,14 +125,16 @@ def test_max_pool_ties_go_to_first_maximum(k, s, p, H, W):
 
 @pytest.mark.parametrize("in_hw,out_hw", [((7, 9), (3, 4)), ((7, 9), 1), ((8, 6), (4, 3)),
                                           ((5, 5), 3), ((6, 6), (2, 1)), ((3, 4), (5, 6))])
-def test_adaptive_avg_pool(in_hw, out_hw):
+def test_adaptive_avg_pool(in_hw, out_hw, xp):
     rng = np.random.default_rng(sum(in_hw))
     x = rng.standard_normal((2, 3) + in_hw)
-    y, cache = adaptive_avg_pool2d_forward(x, out_hw)
     oh, ow = (out_hw, out_hw) if np.isscalar(out_hw) else out_hw
-    assert np.allclose(y, naive_adaptive(x, oh, ow), rtol=1e-12, atol=1e-12)
+    ref = naive_adaptive(x, oh, ow)
+    x = xp.asarray(x)
+    y, cache = adaptive_avg_pool2d_forward(x, out_hw)
+    assert np.allclose(to_numpy(y), ref, rtol=1e-12, atol=1e-12)
     assert cache.output_size == (oh, ow) and cache_nbytes(cache) == 0
-    dy = rng.standard_normal(y.shape)
+    dy = xp.asarray(rng.standard_normal(y.shape))
     num = numerical_grad(lambda: adaptive_avg_pool2d_forward(x, out_hw)[0], x, dy)
     assert rel_error(adaptive_avg_pool2d_backward(dy, cache), num) < TOL
 

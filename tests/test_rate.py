@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import to_numpy
 from minirate.losses import cross_entropy
 from minirate.methods import make_method
 from minirate.models import build_model
@@ -11,16 +12,17 @@ from minirate.data.cifar import load_cifar
 from tests.nets import random_upstream_loss, tiny_resnet
 
 
-def _grads(method_name, T, step_mode="m", seed=0, loss="ce", **neuron):
-    net = tiny_resnet(seed, **neuron)
+def _grads(method_name, T, step_mode="m", seed=0, loss="ce", xp=np, **neuron):
+    """Gradients and logits as NumPy arrays, computed on array module xp."""
+    net = tiny_resnet(seed, xp=xp, **neuron)
     rng = np.random.default_rng(100 + seed)
-    x = rng.normal(0.5, 1.0, size=(4, 3, 6, 6))
-    y = rng.integers(0, 5, size=4)
+    x = xp.asarray(rng.normal(0.5, 1.0, size=(4, 3, 6, 6)))
+    y = xp.asarray(rng.integers(0, 5, size=4))
     loss_fn = cross_entropy if loss == "ce" else random_upstream_loss(rng.normal(size=(4, 5)))
     method = make_method(method_name, net, T, step_mode)
     net.zero_grad()
     value, logits = method.step(x, y, loss_fn)
-    return {name: g.copy() for name, _, g, _ in net.parameters()}, value, logits, net
+    return {name: to_numpy(g) for name, _, g, _ in net.parameters()}, value, to_numpy(logits), net
 
 
 def _max_rel(a, b):
@@ -29,9 +31,9 @@ def _max_rel(a, b):
 
 @pytest.mark.parametrize("rate,step_mode", [("rate_m", "m"), ("rate_s", "s")])
 @pytest.mark.parametrize("loss", ["ce", "random"])
-def test_T1_equals_bptt(rate, step_mode, loss):
-    g_rate, l_rate, z_rate, _ = _grads(rate, 1, loss=loss)
-    g_bptt, l_bptt, z_bptt, _ = _grads("bptt", 1, step_mode, loss=loss)
+def test_T1_equals_bptt(rate, step_mode, loss, xp):
+    g_rate, l_rate, z_rate, _ = _grads(rate, 1, loss=loss, xp=xp)
+    g_bptt, l_bptt, z_bptt, _ = _grads("bptt", 1, step_mode, loss=loss, xp=xp)
     assert np.allclose(z_rate, z_bptt, rtol=1e-12, atol=1e-12)
     assert np.isclose(l_rate, l_bptt, rtol=1e-12)
     assert all(np.abs(g).max() > 0 for g in g_bptt.values())
@@ -45,17 +47,17 @@ def test_T1_equals_bptt_other_resets(reset, detach):
     assert _max_rel(g_rate, g_bptt) <= 1e-10
 
 
-def test_rate_loss_value_equals_time_averaged_output():
+def test_rate_loss_value_equals_time_averaged_output(xp):
     """The rate pass output equals the spike pass output averaged over T (linear readout)."""
-    _, l_rate, z_rate, _ = _grads("rate_m", 4)
-    _, l_bptt, z_bptt, _ = _grads("bptt", 4)
+    _, l_rate, z_rate, _ = _grads("rate_m", 4, xp=xp)
+    _, l_bptt, z_bptt, _ = _grads("bptt", 4, xp=xp)
     assert np.allclose(z_rate, z_bptt, rtol=1e-10, atol=1e-12)
     assert np.isclose(l_rate, l_bptt)
 
 
-def test_rate_s_loss_value_equals_single_step_bptt():
-    _, l_rate, z_rate, _ = _grads("rate_s", 4)
-    _, l_bptt, z_bptt, _ = _grads("bptt", 4, "s")
+def test_rate_s_loss_value_equals_single_step_bptt(xp):
+    _, l_rate, z_rate, _ = _grads("rate_s", 4, xp=xp)
+    _, l_bptt, z_bptt, _ = _grads("bptt", 4, "s", xp=xp)
     assert np.allclose(z_rate, z_bptt, rtol=1e-10, atol=1e-12)
 
 
@@ -87,16 +89,16 @@ def test_T4_gradients_align_with_bptt():
         assert min(cos[LIMIT].values()) < 0.98             # the limit itself, as the docstring says
 
 
-def test_running_stats_come_from_the_spike_pass():
+def test_running_stats_come_from_the_spike_pass(xp):
     """rate_M updates BN running statistics exactly as multi-step BPTT's forward does."""
-    *_, net_rate = _grads("rate_m", 3)
-    *_, net_bptt = _grads("bptt", 3)
+    *_, net_rate = _grads("rate_m", 3, xp=xp)
+    *_, net_bptt = _grads("bptt", 3, xp=xp)
     sr, sb = net_rate.state_dict(), net_bptt.state_dict()
     for k in sr:
         if "running" in k or "num_batches" in k:
             assert np.allclose(sr[k], sb[k], rtol=1e-12), k
-    *_, net_s = _grads("rate_s", 3)
-    *_, net_bs = _grads("bptt", 3, "s")
+    *_, net_s = _grads("rate_s", 3, xp=xp)
+    *_, net_bs = _grads("bptt", 3, "s", xp=xp)
     for k, v in net_s.state_dict().items():
         if "running" in k or "num_batches" in k:
             assert np.allclose(v, net_bs.state_dict()[k], rtol=1e-12), k
@@ -113,13 +115,13 @@ def test_loss_gradient_scaling_by_T_is_an_option():
 
 
 @pytest.mark.parametrize("name", ["rate_m", "rate_s"])
-def test_kept_bytes_flat_in_T(name):
+def test_kept_bytes_flat_in_T(name, xp):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 3, 32, 32)).astype(np.float32)
-    y = np.array([0, 1])
+    x = xp.asarray(rng.normal(size=(2, 3, 32, 32)).astype(np.float32))
+    y = xp.asarray([0, 1])
     kept = {}
     for T in (1, 2, 4, 8):
-        m = make_method(name, build_model("small", 10, 0.5), T)
+        m = make_method(name, build_model("small", 10, 0.5).to(xp), T)
         m.step(x, y)
         kept[T] = m.kept_bytes
     assert kept[1] > 0 and len(set(kept.values())) == 1, kept

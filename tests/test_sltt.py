@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minirate.backend import get_array_module, to_device, to_numpy
 from minirate.losses import ce_mse
 from minirate.methods import make_method
 from minirate.models import build_model
@@ -14,11 +15,12 @@ def _batch(seed=0, frames=0):
     return rng.normal(0.5, 1.0, size=shape), rng.integers(0, 5, size=4)
 
 
-def _grads(name, T, loss_fn, x, y, neuron=None, **kw):
-    net = tiny_resnet(0, **(neuron or {}))
+def _grads(name, T, loss_fn, x, y, neuron=None, xp=np, **kw):
+    """Gradients and logits as NumPy arrays, computed on array module xp."""
+    net = tiny_resnet(0, xp=xp, **(neuron or {}))
     net.zero_grad()
-    loss, logits = make_method(name, net, T, **kw).step(x, y, loss_fn)
-    return {n: g.copy() for n, _, g, _ in net.parameters()}, loss, logits
+    loss, logits = make_method(name, net, T, **kw).step(xp.asarray(x), xp.asarray(y), loss_fn)
+    return {n: to_numpy(g) for n, _, g, _ in net.parameters()}, loss, to_numpy(logits)
 
 
 def _assert_same(a, b):
@@ -32,37 +34,37 @@ def per_step_random_loss(Gs):
     calls = []
 
     def loss_fn(z, y):
-        G = Gs[len(calls) % len(Gs)]
+        G = to_device(Gs[len(calls) % len(Gs)], get_array_module(z))
         calls.append(1)
-        return float(np.sum(z * G)), G.copy()
+        return float((z * G).sum()), G.copy()
     return loss_fn
 
 
 @pytest.mark.parametrize("name", ["sltt", "ottt"])
 @pytest.mark.parametrize("loss", ["ce_mse", "random"])
-def test_T1_equals_per_step_bptt(name, loss):
+def test_T1_equals_per_step_bptt(name, loss, xp):
     x, y = _batch()
     loss_fn = ce_mse(0.05) if loss == "ce_mse" else random_upstream_loss(
         np.random.default_rng(5).normal(size=(4, 5)))
-    g, l, z = _grads(name, 1, loss_fn, x, y)
-    g_b, l_b, z_b = _grads("bptt", 1, loss_fn, x, y, step_mode="s", per_step_loss=True)
+    g, l, z = _grads(name, 1, loss_fn, x, y, xp=xp)
+    g_b, l_b, z_b = _grads("bptt", 1, loss_fn, x, y, xp=xp, step_mode="s", per_step_loss=True)
     _assert_same(g, g_b)
     assert l == l_b and np.array_equal(z, z_b)
 
 
 @pytest.mark.parametrize("frames", [0, 3])
-def test_no_leak_equals_per_step_bptt(frames):
+def test_no_leak_equals_per_step_bptt(frames, xp):
     """λ = 0: u_t = I_t, BPTT has no temporal path either; SLTT equals it at any T."""
     T = 3
     x, y = _batch(1, frames)
     Gs = np.random.default_rng(6).normal(size=(T, 4, 5))
     neuron = dict(decay=0.0)
-    g, l, _ = _grads("sltt", T, per_step_random_loss(Gs), x, y, neuron)
-    g_b, l_b, _ = _grads("bptt", T, per_step_random_loss(Gs), x, y, neuron, step_mode="s",
+    g, l, _ = _grads("sltt", T, per_step_random_loss(Gs), x, y, neuron, xp)
+    g_b, l_b, _ = _grads("bptt", T, per_step_random_loss(Gs), x, y, neuron, xp, step_mode="s",
                          per_step_loss=True)
     _assert_same(g, g_b)
     assert np.isclose(l, l_b, rtol=1e-12)
-    g_leak, *_ = _grads("sltt", T, per_step_random_loss(Gs), x, y)       # λ = 0.2 differs
+    g_leak, *_ = _grads("sltt", T, per_step_random_loss(Gs), x, y, xp=xp)   # λ = 0.2 differs
     assert max(np.abs(g_leak[k] - g_b[k]).max() for k in g_b) > 1e-6
 
 
