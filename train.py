@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
 

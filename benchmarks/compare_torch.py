@@ -28,7 +28,6 @@ torch.cuda.max_memory_allocated for PyTorch, the CuPy memory pool's bytes in use
 torch is a benchmark-only dependency (CPU: `pip install torch==2.13.0`). --threads gives both
 the same number of CPU threads: torch's intra-op pool, and minirate's CPU threads.
 """
-import argparse
 import json
 import os
 import sys
@@ -44,7 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minirate.backend import (DeviceError, cpu_threads, get_xp, set_cpu_threads,  # noqa: E402
-                              synchronize, to_numpy)
+                              synchronize)
 from minirate.cli import ArgumentParser, positive_int  # noqa: E402
 from minirate.methods import make_method  # noqa: E402
 from minirate.models import build_model  # noqa: E402

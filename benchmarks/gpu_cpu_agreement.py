@@ -202,7 +202,7 @@ def table(rows, a):
             f"{a.steps} steps (batch {a.batch_size}, T={a.train_T}, lr {a.lr:g}; tolerance "
             f"{a.loss_tol:g})\n\n")
     lines = ["| method | grad rel. err (spike) | grad rel. err (smooth) | loss curve rel. diff |"
-             f" loss step 1 | last loss A / B | s A / s B | ok |",
+             " loss step 1 | last loss A / B | s A / s B | ok |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:

@@ -1,5 +1,4 @@
 """ImageNet folder loading and transforms on a generated folder of small JPEGs."""
-import math
 import os
 
 import numpy as np

@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 
 from minirate.checkpoint import load_checkpoint, save_checkpoint
-from minirate.data.cifar import DatasetError, load_cifar, make_synthetic_cifar
+from minirate.data.cifar import DatasetError, load_cifar
 from minirate.progress import Progress
 from minirate.rundir import RunLock, RunDirError, remove_stale_temporaries
 from tests.conftest import ROOT
+from tests.test_resume import _weights as _arrays, synth  # noqa: F401 (a fixture)
 from tests.test_train import _one_line_error, quick, run_train
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    return make_synthetic_cifar(str(tmp_path_factory.mktemp("synth")), n_train=96, n_test=24)
-
-
-def _arrays(path):
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files if k != "__meta__"}
 
 
 def _start(args):
@@ -87,7 +78,7 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path, synth):
     assert f"pid {proc.pid}" in (out / ".lock").read_text()       # left behind by the kill
     r = run_train(*quick(out, synth, "--epochs", "1", "--resume", "auto"))
     assert r.returncode == 0, r.stderr
-    assert f"took over the stale lock" in r.stdout and f"pid {proc.pid}" in r.stdout
+    assert "took over the stale lock" in r.stdout and f"pid {proc.pid}" in r.stdout
     assert not (out / ".lock").exists()                           # released at the end
 
 

@@ -17,8 +17,8 @@ from ..backend import get_array_module
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import (input_at, input_over_time, mean_over_time, per_step_loss,
-                     spread_over_time)
+from .common import (back_through_step, input_at, input_over_time, mean_over_time,
+                     per_step_loss, run_keeping_step, spread_over_time)
 
 
 class BPTT:
@@ -67,16 +67,8 @@ class BPTT:
         caches = [dict() for _ in range(T)]     # caches[t][layer]
         u_post = {}                             # LIF layer -> post-reset potential of step t-1
 
-        def run_at(t):
-            def run(layer, h):
-                if isinstance(layer, LIF):
-                    s, u_post[layer], caches[t][layer] = layer.step(h, u_post.get(layer))
-                    return s
-                out, caches[t][layer] = layer.forward(h)
-                return out
-            return run
-
-        outs = [self.model.forward(input_at(x, t), run_at(t)) for t in range(T)]
+        outs = [self.model.forward(input_at(x, t), run_keeping_step(caches[t], u_post))
+                for t in range(T)]
         logits = sum(outs) / T
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
         if self.per_step_loss:
@@ -87,16 +79,7 @@ class BPTT:
             douts = [dlogits / T] * T
         du_post = {}                            # LIF layer -> dL/du⁺ flowing from step t+1
 
-        def back_at(t):
-            def back(layer, dh):
-                if isinstance(layer, LIF):
-                    dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer),
-                                                             caches[t][layer])
-                    return dI
-                return layer.backward(dh, caches[t][layer])
-            return back
-
         for t in reversed(range(T)):
-            self.model.backward(douts[t], back_at(t))
+            self.model.backward(douts[t], back_through_step(caches[t], du_post))
             caches[t] = None                    # free step t's caches as soon as possible
         return loss, logits

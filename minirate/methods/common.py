@@ -76,3 +76,27 @@ def per_step_loss(out, y, loss_fn, T):
         loss_t, dout[t] = loss_fn(out_t[t], y)
         total += loss_t / T
     return total, (dout / T).reshape(out.shape)
+
+
+# -- one step of a single-step pass, kept for backward (BPTT 's', truncated BPTT windows) -----
+def run_keeping_step(caches_t, u_post):
+    """Forward callback of one step that keeps the step's caches in `caches_t` ({layer: cache});
+    LIF layers carry their post-reset potential from step to step in `u_post`."""
+    def run(layer, h):
+        if isinstance(layer, LIF):
+            s, u_post[layer], caches_t[layer] = layer.step(h, u_post.get(layer))
+            return s
+        out, caches_t[layer] = layer.forward(h)
+        return out
+    return run
+
+
+def back_through_step(caches_t, du_post):
+    """Backward callback of one step, from its caches; LIF layers take dL/du⁺ of the later step
+    from `du_post` and leave their own there for the earlier one."""
+    def back(layer, dh):
+        if isinstance(layer, LIF):
+            dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer), caches_t[layer])
+            return dI
+        return layer.backward(dh, caches_t[layer])
+    return back

@@ -31,8 +31,8 @@ windows only the carried state is held, one potential per neuron (not needed for
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import (input_at, input_over_time, is_time_varying, mean_over_time,
-                     spread_over_time)
+from .common import (back_through_step, input_at, input_over_time, is_time_varying,
+                     mean_over_time, run_keeping_step, spread_over_time)
 
 UPDATES = ("per-batch", "per-window")
 
@@ -120,32 +120,15 @@ class TBPTT:
         when `carry`. Returns (L_w, readout (B, K), kept bytes)."""
         caches = [dict() for _ in range(k)]     # caches[i][layer], step t0 + i
 
-        def run_at(i):
-            def run(layer, h):
-                if isinstance(layer, LIF):
-                    s, state[layer], caches[i][layer] = layer.step(h, state.get(layer))
-                    return s
-                out, caches[i][layer] = layer.forward(h)
-                return out
-            return run
-
-        z = sum(self.model.forward(input_at(xw, i), run_at(i)) for i in range(k)) / k
+        z = sum(self.model.forward(input_at(xw, i), run_keeping_step(caches[i], state))
+                for i in range(k)) / k
         if not carry:
             state.clear()                       # free the last potentials before backward
         kept = cache_nbytes(caches, exclude=self.model.params_list())
         loss, dz = loss_fn(z, y)
         du_post = {}                            # LIF layer -> dL/du⁺ from step i+1 (none at t1−1)
 
-        def back_at(i):
-            def back(layer, dh):
-                if isinstance(layer, LIF):
-                    dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer),
-                                                             caches[i][layer])
-                    return dI
-                return layer.backward(dh, caches[i][layer])
-            return back
-
         for i in reversed(range(k)):
-            self.model.backward(dz / k, back_at(i))
+            self.model.backward(dz / k, back_through_step(caches[i], du_post))
             caches[i] = None                    # free step i's caches as soon as possible
         return loss, z, kept
