@@ -33,11 +33,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minirate.backend import cpu_threads, set_cpu_threads  # noqa: E402
-from minirate.cli import ArgumentParser, positive_float, positive_int, nonnegative_int  # noqa: E402
+from minirate.cli import ArgumentParser, nonnegative_int, positive_float, positive_int  # noqa: E402
 from minirate.costs import method_costs  # noqa: E402
 from minirate.data.augment import normalize  # noqa: E402
 from minirate.data.cifar import DatasetError, load_cifar  # noqa: E402
-from minirate.data.events import EVENT_DATASETS, NUM_CLASSES, SPLIT_NAMES, event_loaders  # noqa: E402
+from minirate.data.events import (EVENT_DATASETS, NUM_CLASSES, SPLIT_NAMES,  # noqa: E402
+                                  event_loaders)
 from minirate.data.events.cache import cache_name  # noqa: E402
 from minirate.data.events.datasets import FOLDERS, list_samples  # noqa: E402
 from minirate.data.events.synthetic import write_cifar10dvs  # noqa: E402
