@@ -267,3 +267,24 @@ def test_rate_blocks(rate, step_mode):
     m.methods[1].step = lambda xb, *a: seen.append(xb) or original(xb, *a)
     m.step(x, y)
     assert seen[0].shape == (3, 4, 4, 6, 6) and set(np.unique(seen[0])) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_block_losses_with_windows(step_mode):
+    """tbptt blocks: every block's loss is the mean of its window losses, as tbptt reports it."""
+    T, K = 3, 2
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(0.5, 1.0, size=(2, 3, 6, 6)), np.array([1, 3])
+    Gs = [rng.normal(size=(2, 5)) for _ in range(2 * 3)]           # 2 windows x 3 blocks
+    inner, values = upstream_sequence(Gs), []
+
+    def recording(z, y_):
+        loss, dz = inner(z, y_)
+        values.append(loss)
+        return loss, dz
+    m = make_method("tbptt", tiny_resnet(6, **NEURON), T, step_mode, window=K,
+                    split_at=["layer1", "layer1.1"])
+    loss, _ = m.step(x, y, recording)
+    per_block = [np.mean(values[b::3]) for b in range(3)]          # calls: window by window
+    assert len(values) == 6 and loss == m.block_losses[-1]
+    assert np.allclose(m.block_losses, per_block, rtol=1e-12) and min(map(abs, per_block)) > 0

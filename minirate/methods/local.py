@@ -214,18 +214,18 @@ class LocalBlocks:
         B, T = input_at(x, 0).shape[0], self.T
         states = [{} for _ in self.blocks]             # per block: LIF layer -> u⁺
         self.block_kept_bytes = [0] * len(self.blocks)
-        losses, z_sum = [], 0
+        losses, z_sum = [[] for _ in self.blocks], 0      # losses[b]: block b's window losses
         for t0, t1 in tbptt.windows():
             k, h = t1 - t0, window_input(x, t0, t1)
             for b, (block, method) in enumerate(zip(self.blocks, self.methods)):
                 loss, z, kept = method.window_step(h, k, y, loss_fn, states[b], carry=t1 < T)
                 self.block_kept_bytes[b] = max(self.block_kept_bytes[b], kept)
+                losses[b].append(loss)
                 if block.record:
                     h = block.take_output(k, B)        # this window's input of block b+1
-            losses.append(loss)
             z_sum = z_sum + z * k
             if after_window is not None:
                 after_window()
-        self.block_losses[-1] = sum(losses) / len(losses)
+        self.block_losses = [sum(ls) / len(ls) for ls in losses]
         self.kept_bytes = max(self.block_kept_bytes)
         return self.block_losses[-1], z_sum / T
