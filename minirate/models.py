@@ -28,10 +28,11 @@ Local block-wise training (methods/local.py) cuts a model into consecutive block
 lists the module names where a block may start by default, `model.split_points`, and N blocks
 take N − 1 of them spread evenly (see methods/local.py):
 
-    small, resnet18, resnet19     stage edges: layer1, layer2, ... (the stem conv0 joins layer1's block)
+    small, resnet18, resnet19     stage edges: layer1, layer2, ... (a block starting at layer1
+                                  leaves the stem conv0 a block of its own)
     vgg11, vggsnn_cifar,          after every average pool that still has convs behind it
     vggsnn_dvs, vgg11_ws
-    sew_resnet34, preact_resnet34 stage edges: layer1 ... layer4 (the stem joins layer1's block)
+    sew_resnet34, preact_resnet34 stage edges: layer1 ... layer4 (as above, the stem before layer1)
     alexnet                       after every conv-BN-LIF (with its pool): up to 5 blocks
 """
 import numpy as np
