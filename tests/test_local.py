@@ -295,3 +295,12 @@ def test_block_losses_with_windows(step_mode):
     per_block = [np.mean(values[b::3]) for b in range(3)]          # calls: window by window
     assert len(values) == 6 and loss == m.block_losses[-1]
     assert np.allclose(m.block_losses, per_block, rtol=1e-12) and min(map(abs, per_block)) > 0
+
+
+def test_aux_heads_follow_the_seed():
+    """The auxiliary classifiers are initialised from make_method's seed (train.py's --seed)."""
+    def head(seed):
+        model = build_model("small", 10, 0.25, seed=seed)
+        make_method("bptt", model, 2, local_blocks=3, seed=seed)
+        return model.state_dict()["aux.1.2.weight"]
+    assert np.array_equal(head(1), head(1)) and not np.array_equal(head(1), head(2))

@@ -28,7 +28,8 @@ def make_method(name, model, T, step_mode="m", scale_grad_by_T=True, per_step_lo
                 sltt_k=None, ottt_update="accumulate", seed=0, window=None, update="per-batch",
                 local_blocks=1, split_at=None):
     """The method `name` on `model`. tbptt only: `window` K (None = T), `update` per-batch or
-    per-window. sltt only: `sltt_k`, `seed`; ottt only: `ottt_update`. bptt and the rate methods:
+    per-window. sltt only: `sltt_k`, `seed` (also the auxiliary classifiers' initialisation of
+    local blocks); ottt only: `ottt_update`. bptt and the rate methods:
     `per_step_loss`. The methods in LOCAL: `local_blocks` N, or `split_at` (module names where
     blocks start)."""
     if name != "tbptt" and (window is not None or update != "per-batch"):
@@ -57,7 +58,7 @@ def make_method(name, model, T, step_mode="m", scale_grad_by_T=True, per_step_lo
 
     if not local:
         return make_base(model)
-    return LocalBlocks(model, T, make_base, local_blocks, split_at)
+    return LocalBlocks(model, T, make_base, local_blocks, split_at, seed)
 
 
 __all__ = ["BPTT", "TBPTT", "OTTT", "RateBP", "SLTT", "LocalBlocks", "METHODS", "LOCAL",

@@ -171,13 +171,14 @@ class Block(Container):
 
 
 class LocalBlocks:
-    """Trains each block of `model` with its own method, built by `make_base(block)`."""
+    """Trains each block of `model` with its own method, built by `make_base(block)`; the
+    auxiliary classifiers are initialised from `seed`."""
 
-    def __init__(self, model, T, make_base, num_blocks=1, split_at=None):
+    def __init__(self, model, T, make_base, num_blocks=1, split_at=None, seed=0):
         starts = resolve_splits(model, num_blocks, split_at)
         pieces = units(model)
         edges = [0] + starts + [len(pieces)]
-        heads = attach_aux_heads(model, [_channels(pieces[:s]) for s in starts])
+        heads = attach_aux_heads(model, [_channels(pieces[:s]) for s in starts], seed)
         self.model, self.T = model, T
         self.blocks = [Block(pieces[a:b], heads.children[str(i)] if b < len(pieces) else None,
                              record=b < len(pieces))
