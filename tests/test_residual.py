@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minirate.layers.batchnorm import BatchNorm2d
+from minirate.layers.block import BasicBlock
 from minirate.layers.container import Sequential
 from minirate.layers.conv import Conv2d
 from minirate.layers.flatten import Flatten
@@ -110,3 +111,27 @@ def test_imagenet_resnet34_names_and_size(arch):
         assert len(spiking) == 1 + 2 * 16 + 3 and "layer2.0.downsample_sn" in spiking
     else:                           # two per block, none on the stem or after the last block
         assert len(spiking) == 2 * 16 and "layer1.0.sn1" in spiking and "sn1" not in spiking
+
+
+@pytest.mark.parametrize("block", [BasicBlock, SEWBlock, PreActBlock])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backward_visits_the_layers_in_reverse_forward_order(block, stride):
+    """The container contract (layers/container.py): back(layer) in exactly the reverse order
+    of run(layer), the shortcut's layers included."""
+    rng = np.random.default_rng(4)
+    blk = block(3, 3 if stride == 1 else 4, stride, LIF, rng)
+    order, shapes = [], {}
+
+    def run(layer, h):
+        order.append(layer)
+        shapes[layer] = h.shape
+        return layer.forward(h, 1)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
+
+    def back(layer, dh):                        # only the order matters: a gradient of x's shape
+        order.append(layer)
+        return np.zeros(shapes[layer])
+    y = blk.forward(rng.normal(size=(2, 3, 4, 4)), run)
+    forward = list(order)
+    order.clear()
+    blk.backward(np.ones_like(y), back)
+    assert order == forward[::-1] and len(forward) >= 6

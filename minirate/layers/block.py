@@ -35,7 +35,9 @@ class BasicBlock(Container):
         return run(self.spike2, out + call(self.shortcut, x, run))
 
     def backward(self, dy, back):
+        # children in exactly the reverse order of forward: shortcut first, then the main branch
         d_sum = back(self.spike2, dy)            # d(out + shortcut(x)) reaches both branches
+        d_short = call_back(self.shortcut, d_sum, back)
         d_main = back(self.conv2, back(self.bn2, d_sum))
         d_main = back(self.conv1, back(self.bn1, back(self.spike1, d_main)))
-        return d_main + call_back(self.shortcut, d_sum, back)
+        return d_main + d_short
