@@ -101,3 +101,18 @@ def test_kept_bytes_grow_linearly_with_T():
     assert kept[4] - kept[2] == 2 * per_step                 # affine in T ...
     assert kept[1] - per_step < 0.01 * kept[1]               # ... and almost all of it per step
     assert cache_nbytes() == 0
+
+
+@pytest.mark.parametrize("name,kw", [("bptt", {}), ("bptt", dict(step_mode="s")),
+                                     ("tbptt", dict(window=2)), ("tbptt", dict(window=2, step_mode="s")),
+                                     ("rate_m", {}), ("rate_s", {}), ("sltt", {}), ("ottt", {}),
+                                     ("tbptt", dict(window=2, step_mode="s", split_at=["layer1"])),
+                                     ("rate_s", dict(split_at=["layer1"]))])
+@pytest.mark.parametrize("frames", [T - 1, T + 1])
+def test_every_method_refuses_frames_that_are_not_T(name, kw, frames):
+    """Frames (F, B, ...) with F != T: the same clear error in every method and step mode,
+    never a frame silently left out or an IndexError."""
+    x = np.random.default_rng(0).normal(size=(frames, 2, 3, 6, 6))
+    method = make_method(name, tiny_resnet(0), T, **kw)
+    with pytest.raises(ValueError, match=f"input has {frames} frames, the method runs T={T}"):
+        method.step(x, np.array([0, 1]))

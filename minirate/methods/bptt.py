@@ -17,7 +17,7 @@ from ..backend import get_array_module
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import (back_through_step, input_at, input_over_time, mean_over_time,
+from .common import (back_through_step, check_frames, input_at, input_over_time, mean_over_time,
                      per_step_loss, run_keeping_step, spread_over_time)
 
 
@@ -64,6 +64,7 @@ class BPTT:
 
     def _step_single(self, x, y, loss_fn):
         T = self.T
+        check_frames(x, T)
         caches = [dict() for _ in range(T)]     # caches[t][layer]
         u_post = {}                             # LIF layer -> post-reset potential of step t-1
 

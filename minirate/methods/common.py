@@ -20,17 +20,23 @@ def is_time_varying(x):
     return x.ndim == 5
 
 
+def check_frames(x, T):
+    """Raise ValueError unless x is a static batch or holds exactly T frames."""
+    if is_time_varying(x) and x.shape[0] != T:
+        raise ValueError(f"input has {x.shape[0]} frames, the method runs T={T} steps")
+
+
 def input_over_time(x, T):
     """The input of all T steps stacked: (B, ...) repeated, or (T, B, ...) -> (T*B, ...)."""
     if not is_time_varying(x):
         return repeat_over_time(x, T)
-    if x.shape[0] != T:
-        raise ValueError(f"input has {x.shape[0]} frames, the method runs T={T} steps")
+    check_frames(x, T)
     return x.reshape(T * x.shape[1], *x.shape[2:])      # (T, B, C, H, W) -> (T*B, C, H, W)
 
 
 def input_at(x, t):
-    """The input of step t: (B, ...) for both kinds."""
+    """The input of step t: (B, ...) for both kinds (the caller checks the frames with
+    `check_frames` first)."""
     return x[t] if is_time_varying(x) else x
 
 

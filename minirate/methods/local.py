@@ -47,7 +47,7 @@ from ..layers.flatten import Flatten
 from ..layers.linear import Linear
 from ..layers.pool import AdaptiveAvgPool2d
 from ..losses import cross_entropy
-from .common import input_at
+from .common import check_frames, input_at
 from .tbptt import TBPTT, window_input
 
 
@@ -212,6 +212,7 @@ class LocalBlocks:
         if (tbptt.update == "per-window") != (after_window is not None):
             raise ValueError("after_window is the optimizer step of tbptt's update='per-window' "
                              "and is given exactly in that mode")
+        check_frames(x, self.T)
         B, T = input_at(x, 0).shape[0], self.T
         states = [{} for _ in self.blocks]             # per block: LIF layer -> u⁺
         self.block_kept_bytes = [0] * len(self.blocks)

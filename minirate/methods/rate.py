@@ -48,7 +48,8 @@ from ..layers.base import cache_nbytes
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.lif import LIF, lif_rate_backward, rate_and_eligibility
 from ..losses import cross_entropy
-from .common import input_at, input_mean, input_over_time, mean_over_time, per_step_loss
+from .common import (check_frames, input_at, input_mean, input_over_time, mean_over_time,
+                     per_step_loss)
 
 BN_TYPES = (BatchNorm1d, BatchNorm2d)
 
@@ -114,6 +115,7 @@ class RateBP:
     # -- pass 2 ---------------------------------------------------------------------------
     def step(self, x, y, loss_fn=cross_entropy):
         """Spike pass, then rate pass forward and backward; adds gradients. Returns (loss, logits)."""
+        check_frames(x, self.T)
         stats, out = self.spike_pass(x)
         if self.per_step_loss:                   # only Σ_t dL/dout_t (B, K) is kept
             loss, dout = per_step_loss(out, y, loss_fn, self.T)

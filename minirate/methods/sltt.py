@@ -37,7 +37,7 @@ import numpy as np
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import input_at
+from .common import check_frames, input_at
 
 
 class SLTT:
@@ -79,6 +79,7 @@ class SLTT:
         """
         if self.update_each_step and after_step is None:
             raise ValueError(f"{self.name} with an update at every step needs after_step")
+        check_frames(x, self.T)
         T, params = self.T, self.model.params_list()
         self.backward_steps = self.choose_steps()
         self.batches += 1

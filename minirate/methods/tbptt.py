@@ -31,8 +31,8 @@ windows only the carried state is held, one potential per neuron (not needed for
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import (back_through_step, input_at, input_over_time, is_time_varying,
-                     mean_over_time, run_keeping_step, spread_over_time)
+from .common import (back_through_step, check_frames, input_at, input_over_time,
+                     is_time_varying, mean_over_time, run_keeping_step, spread_over_time)
 
 UPDATES = ("per-batch", "per-window")
 
@@ -71,6 +71,7 @@ class TBPTT:
         if (self.update == "per-window") != (after_window is not None):
             raise ValueError("after_window is the optimizer step of update='per-window' and "
                              "is given exactly in that mode")
+        check_frames(x, self.T)
         state = {}                          # LIF layer -> u⁺ at the end of the last window
         losses, z_sum, self.kept_bytes = [], 0, 0
         for t0, t1 in self.windows():
