@@ -294,3 +294,13 @@ def test_download_cifar10dvs_archives_are_read_in_place(tmp_path, server):
     samples = list_samples("cifar10dvs", str(tmp_path / "data"))
     assert [s.label for s in samples] == list(range(10))
     assert all(s.recording[0] == "zip" for s in samples)
+
+
+def test_gesture_lists_without_samples_rejected(tmp_path):
+    root = tmp_path / "DvsGesture"
+    root.mkdir()
+    for split in ("train", "test"):
+        (root / f"trials_to_{split}.txt").write_text("\n")
+    with pytest.raises(DatasetError, match="no labelled segments"):
+        convert("dvsgesture", str(tmp_path), str(tmp_path / "g.h5"), T, "count", 16)
+    assert not os.path.exists(tmp_path / "g.h5.partial")
