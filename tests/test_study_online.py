@@ -168,8 +168,8 @@ def test_design_space_and_firing_on_event_frames(tmp_path, capsys, events):
     assert code == 0, err
     doc = json.loads((tmp_path / "design_space.json").read_text())
     assert doc["info"]["train_images"] == 8 and doc["info"]["test_images"] == 10
-    assert all(r["ran"] is False or 0 <= r["accuracy"] <= 1 for r in doc["rows"])
-    assert next(r for r in doc["rows"] if r["method"] == "bptt")["ran"]
+    assert all(r["ran"] and 0 <= r["accuracy"] <= 1 for r in doc["rows"])
+    assert {r["method"] for r in doc["rows"]} == {"bptt", "tbptt:K=1:N=1"}
 
     run = tmp_path / "run"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--dataset",
