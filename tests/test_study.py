@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from minirate.checkpoint import load_checkpoint
 from minirate.data.cifar import make_synthetic_cifar
 from minirate.layers.lif import LIF
 from minirate.models import build_model
@@ -271,3 +272,26 @@ def test_cli_firing_bad_checkpoint_gives_one_line(tmp_path, monkeypatch, capsys)
     code, _, err = study_here(["firing", "--checkpoint", "bad.npz"], capsys)
     assert code == 1 and err.count("\n") == 1 and "bad.npz" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_of_local_training_loads_with_its_aux_heads(tmp_path, capsys):
+    """A network trained block by block saves its aux heads; the studies read it all the same,
+    and a local method compared on it trains on those saved heads."""
+    data = make_synthetic_cifar(str(tmp_path / "data"), n_train=16, n_test=8)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "small",
+                        "--width", "0.25", "--T", "2", "--batch-size", "8", "--epochs", "1",
+                        "--local-blocks", "2", "--data-dir", data, "--out", str(tmp_path / "run"),
+                        "--no-progress"], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=ENV)
+    assert r.returncode == 0, r.stderr
+    path = str(tmp_path / "run" / "last.npz")
+    model, cfg = common.model_from_checkpoint(path)
+    arrays, _ = load_checkpoint(path)
+    saved = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/aux.")}
+    assert saved and cfg["local_blocks"] == 2
+    state = model.state_dict()
+    for k, v in saved.items():
+        assert np.array_equal(state[k], v), k
+    code, _, err = study_here(["firing", "--checkpoint", path, "--batch-size", "4", "--out",
+                               str(tmp_path / "f")], capsys)
+    assert code == 0, err

@@ -151,6 +151,10 @@ def model_from_checkpoint(path):
     try:
         model = build_model(cfg["arch"], num_classes_of(dataset), cfg.get("width", 1.0), neuron,
                             in_channels=in_channels_of(dataset))
+        if cfg.get("local_blocks", 1) != 1 or cfg.get("split_at"):
+            # trained block by block: the saved aux heads, attached as the local method does
+            make_method("bptt", model, 1, local_blocks=cfg.get("local_blocks", 1),
+                        split_at=cfg.get("split_at"))
         model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                                if k.startswith("model/")})
     except (StateDictError, ValueError, TypeError) as e:
