@@ -12,7 +12,9 @@ from minirate.checkpoint import load_checkpoint
 from minirate.data.cifar import make_synthetic_cifar
 from minirate.layers.lif import LIF
 from minirate.models import build_model
-from minirate.study import firing_rates, gradient_alignment, memory_time
+from minirate.methods import BPTT
+from minirate.study import firing_rates, gradient_alignment, memory_time, \
+    time_average_limit
 from minirate.study import common
 from minirate.study.__main__ import main
 from tests.conftest import ROOT
@@ -82,6 +84,21 @@ def test_time_average_limit_is_bptt_where_averaging_changes_nothing():
     assert min(r["cosine"] for r in at4.values()) < 1 - 1e-4      # the rest loses something
     # the recording wrappers are gone: every layer's backward is its class's again
     assert not any("backward" in vars(m) for _, m in model.named_modules())
+
+
+def test_time_average_limit_covers_weight_standardized_layers():
+    """vgg11_ws: its convolutions and classifier are ScaledWS layers (subclasses of Conv2d and
+    Linear, their input inside the cache's `op`). At T = 1 averaging changes nothing, so every
+    gradient is BPTT's own, and none is left at zero."""
+    model = build_model("vgg11_ws", 10, 0.125, seed=0).to(np, np.float64)
+    x, y = batch(2, dtype=np.float64)
+    model.zero_grad()
+    BPTT(model, 1, "m").step(x, y)
+    bptt = {name: g.copy() for name, _, g, _ in model.parameters()}
+    limit = time_average_limit(model, x, y, 1)
+    assert sum(np.abs(g).max() > 0 for g in bptt.values()) > len(bptt) // 2
+    for name, g in bptt.items():
+        assert np.allclose(limit[name], g, rtol=1e-10, atol=1e-14), name
 
 
 def test_firing_rates_per_layer_and_step():
