@@ -304,3 +304,18 @@ def test_gesture_lists_without_samples_rejected(tmp_path):
     with pytest.raises(DatasetError, match="no labelled segments"):
         convert("dvsgesture", str(tmp_path), str(tmp_path / "g.h5"), T, "count", 16)
     assert not os.path.exists(tmp_path / "g.h5.partial")
+
+
+def test_unknown_split_closes_the_cache_it_opened(cifar_dvs, monkeypatch):
+    d, _ = cifar_dvs
+    _convert(d)
+    opened = []
+    init = EventFrames.__init__
+
+    def spy(self, *args):
+        init(self, *args)
+        opened.append(self)
+    monkeypatch.setattr(EventFrames, "__init__", spy)
+    with pytest.raises(DatasetError, match="unknown split"):
+        event_loaders("cifar10dvs", str(d), T, 4, 8, size=SIZE, split="users", progress=False)
+    assert len(opened) == 1 and not opened[0].file      # closed: a falsy h5py File
