@@ -15,7 +15,7 @@ import pytest
 from minirate.data.cifar import DatasetError
 from minirate.data.events import event_loaders
 from minirate.data.events.aedat2 import encode_dvs128, write_aedat2
-from minirate.data.events.cache import EventFrames, cache_name, convert
+from minirate.data.events.cache import EventFrames, cache_name, convert, open_or_build
 from minirate.data.events.datasets import CIFAR10DVS_CLASSES, list_samples
 from minirate.data.events.download import download_cifar10dvs, fetch_resumable
 from minirate.data.events.frames import integrate, resize
@@ -319,3 +319,11 @@ def test_unknown_split_closes_the_cache_it_opened(cifar_dvs, monkeypatch):
     with pytest.raises(DatasetError, match="unknown split"):
         event_loaders("cifar10dvs", str(d), T, 4, 8, size=SIZE, split="users", progress=False)
     assert len(opened) == 1 and not opened[0].file      # closed: a falsy h5py File
+
+
+def test_missing_recordings_fail_before_anything_is_written(tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DatasetError, match="CIFAR10-DVS not found"):
+        open_or_build("cifar10dvs", str(tmp_path / "none"), str(cache_dir), T, size=SIZE,
+                      progress=False)
+    assert not cache_dir.exists() and "building" not in capsys.readouterr().out
