@@ -208,6 +208,7 @@ def test_cli_convert_and_errors(cifar_dvs, tmp_path):
     r = subprocess.run(run + ["--data-dir", str(tmp_path / "nothing")], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "CIFAR10-DVS not found" in r.stderr
+    assert not (tmp_path / "nothing").exists()          # no cache folder made for nothing
     r = subprocess.run(run + ["--T", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
