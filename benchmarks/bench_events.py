@@ -14,7 +14,6 @@ vggsnn_dvs training step at the same batch, in one run.
    (T, B, 2, H, W)); median of --repeats. Beside it, one vggsnn_dvs training step (--method) at
    the same batch and T after one warm-up step. Target: read < 10 % of the step.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -25,13 +24,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from minirate.cli import ArgumentParser, positive_float, positive_int  # noqa: E402
 from minirate.data.events import event_loaders  # noqa: E402
 from minirate.data.events.aedat3 import write_aedat3_polarity  # noqa: E402
 from minirate.data.events.cache import sample_frames  # noqa: E402
 from minirate.data.events.datasets import read_events  # noqa: E402
 from minirate.data.events.frames import integrate  # noqa: E402
 from minirate.data.events.synthetic import write_cifar10dvs  # noqa: E402
-from minirate.methods import make_method  # noqa: E402
+from minirate.methods import METHODS, make_method  # noqa: E402
 from minirate.models import build_model  # noqa: E402
 
 
@@ -47,14 +47,18 @@ def times_of(fn, repeats):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--events", type=int, default=200_000)
-    p.add_argument("--T", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--method", default="rate_m")
-    p.add_argument("--width", type=float, default=1.0, help="vggsnn_dvs channel multiplier")
-    p.add_argument("--repeats", type=int, default=20)
+    p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p.add_argument("--events", type=positive_int, default=200_000)
+    p.add_argument("--T", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--method", choices=METHODS, default="rate_m")
+    p.add_argument("--width", type=positive_float, default=1.0,
+                   help="vggsnn_dvs channel multiplier")
+    p.add_argument("--repeats", type=positive_int, default=20)
     a = p.parse_args()
+    if a.batch_size > 40:
+        p.error(f"argument --batch-size: at most 40 (the cache holds 40 recordings), "
+                f"got {a.batch_size}")
     tmp = tempfile.mkdtemp(prefix="bench-events-")
     try:
         data = write_cifar10dvs(tmp, per_class=4, events=a.events, seed=0)

@@ -39,8 +39,7 @@ from minirate.data.augment import normalize  # noqa: E402
 from minirate.data.cifar import DatasetError, load_cifar  # noqa: E402
 from minirate.data.events import (EVENT_DATASETS, NUM_CLASSES, SPLIT_NAMES,  # noqa: E402
                                   event_loaders)
-from minirate.data.events.cache import cache_name  # noqa: E402
-from minirate.data.events.datasets import FOLDERS, list_samples  # noqa: E402
+from minirate.data.events.datasets import FOLDERS  # noqa: E402
 from minirate.data.events.synthetic import write_cifar10dvs  # noqa: E402
 from minirate.data.loader import Loader  # noqa: E402
 from minirate.methods import make_method, predict  # noqa: E402
@@ -113,9 +112,6 @@ def image_data(a):
 
 
 def event_data(a):
-    if not os.path.exists(os.path.join(a.cache_dir or a.data_dir, cache_name(
-            a.dataset, a.T, a.split_by, a.frame_size))):
-        list_samples(a.dataset, a.data_dir)                 # missing recordings: fail first
     with contextlib.redirect_stdout(sys.stderr):            # the cache notice is not a result
         train, test = event_loaders(a.dataset, a.data_dir, a.T, a.batch_size, a.batch_size,
                                     seed=0, size=a.frame_size, split_by=a.split_by,

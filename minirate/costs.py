@@ -68,6 +68,7 @@ from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .layers.residual import PreActBlock, SEWBlock
 
 COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
 FORWARD, BACKWARD = ("fwd", "spike", "rate", "trace"), ("bwd", "rate_bwd", "sbwd", "tbwd")
@@ -107,22 +108,17 @@ def trace(model, input_shape, spike_input=False, pooled_spikes=False):
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
     x = model.xp.zeros((1,) + tuple(input_shape), dtype=dtype)
     ops, made_by, spikes, keep = [], {id(x): None}, {id(x)} if spike_input else set(), [x]
-    adds = {id(m.spike2): f"{name}.add" for name, m in model.named_modules()
-            if isinstance(m, BasicBlock)}
-    conv1_of = {f"{name}.add": f"{name}.conv1" for name, m in model.named_modules()
-                if isinstance(m, BasicBlock)}
+    blocks = [name for name, m in model.named_modules()
+              if isinstance(m, (BasicBlock, SEWBlock, PreActBlock))]
     names = {id(m): name for name, m in model.named_modules()}
 
     def run(layer, h):
         out = layer.forward(h)[0] if isinstance(layer, SHAPED) else h.copy()
         keep.append(out)                        # ids stay unique while the trace runs
         name, src = names[id(layer)], made_by.get(id(h), "?")
-        if id(layer) in adds:                   # the residual sum feeding the block's last LIF
-            add = adds[id(layer)]
-            block_in = next(op for op in ops if op.name == conv1_of[add])
-            ops.append(LayerOp(add, "add", block_in.in_shape, h.shape[1:], 0, 0, False,
-                               block_in.src, needs_dx=block_in.src is not None))
-            src = add
+        if id(h) not in made_by and ops:        # no traced layer made h: a residual sum
+            src = _residual_add(ops, blocks, h) or src
+            made_by[id(h)] = src
         spike_in = id(h) in spikes
         kind, weights, macs = "pool", 0, 0
         if isinstance(layer, Conv2d):
@@ -148,6 +144,22 @@ def trace(model, input_shape, spike_input=False, pooled_spikes=False):
 
     model.forward(x, run)
     return ops
+
+
+def _residual_add(ops, blocks, h):
+    """Append the 'add' op of the residual sum h, made by the block that holds the last traced
+    op (BasicBlock: feeding its last LIF; SEW and pre-activation blocks: their output). Its
+    in_shape and src are those of the block input, whose gradients it sums. Returns its name,
+    or None when h is no block's sum."""
+    last = ops[-1].name
+    inside = [b for b in blocks if last.startswith(b + ".")]
+    if not inside:
+        return None
+    block = max(inside, key=len)
+    first = next(op for op in ops if op.name.startswith(block + "."))
+    ops.append(LayerOp(f"{block}.add", "add", first.in_shape, tuple(h.shape[1:]), 0, 0, False,
+                       first.src, needs_dx=first.src is not None))
+    return f"{block}.add"
 
 
 def split_candidates(ops):

@@ -213,3 +213,32 @@ def test_layer_costs_sum_to_the_totals(small):
     assert {r["routine"] for r in rows} == {"spike", "rate", "rate_bwd"}
     assert not any(r["name"].startswith("aux.") and r["routine"] == "spike" for r in rows)
     assert sum_costs(rows) == method_costs(small, (4, 3, 16, 16), 3, "rate_s", local_blocks=2)
+
+
+@pytest.mark.parametrize("arch", ["sew_resnet34", "preact_resnet34"])
+def test_residual_adds_of_every_block_kind_are_traced(arch):
+    """SEW and pre-activation blocks end in their residual sum (no layer after it inside the
+    block): each sum is an 'add' op, and the layers reading it know where their input comes
+    from, so that a local block edge drops their input gradient as for BasicBlock."""
+    model = build_model(arch, 10, 1 / 16, seed=0)
+    ops = trace(model, (3, 32, 32))
+    names = [op.name for op in ops]
+    assert all(op.src in names or op.src is None for op in ops)     # no unknown producer
+    adds = [op for op in ops if op.kind == "add"]
+    assert len(adds) == 3 + 4 + 6 + 3                                # one per block of ResNet-34
+    first = next(op for op in ops if op.name.startswith("layer2.0."))
+    assert names[names.index(first.name) - 1] == "layer1.2.add" and first.src == "layer1.2.add"
+    for add in adds:                         # it sums the gradients at its block's input
+        block = add.name[:-len(".add")]
+        block_first = next(op for op in ops if op.name.startswith(block + "."))
+        assert (add.in_shape, add.src) == (block_first.in_shape, block_first.src)
+    blocks = split_blocks(ops, 2, ["layer2"])
+    edge = {op.name for op in blocks if op.block == 1 and not op.needs_dx}
+    reads_stream = {op.name for op in blocks if op.src == "layer1.2.add" and op.block == 1}
+    assert reads_stream and edge == reads_stream
+    local = method_costs(model, (2, 3, 32, 32), 2, "bptt", split_at=["layer2"])
+    bptt = method_costs(model, (2, 3, 32, 32), 2, "bptt")
+    dropped = sum(op.macs for op in blocks if op.name in edge)
+    head = next(op for op in blocks if op.name == "aux.0.linear").macs
+    assert bptt["bwd_macs"] + bptt["bwd_acs"] - (local["bwd_macs"] + local["bwd_acs"]) == \
+        2 * 2 * (dropped - 2 * head)

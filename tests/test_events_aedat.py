@@ -79,3 +79,14 @@ def test_aedat3_round_trip(tmp_path):
     got = read_aedat3_polarity((tmp_path / "g.aedat").read_bytes())
     for a, b in zip(got, (t, x, y, on)):
         assert np.array_equal(a, b)
+
+
+def test_aedat3_packet_claiming_more_events_than_it_holds_is_rejected():
+    ev = struct.pack("<Ii", 1 << 17 | 2 << 2 | 1 << 1 | 1, 5) + struct.pack("<Ii", 3 << 17 | 1, 6)
+    head = b"#!AER-DAT3.1\r\n#!END-HEADER\r\n"
+    nxt = _packet(1, 8, 0, struct.pack("<Ii", 5 << 17 | 1, 7))
+    for number in (3, -1):          # eventNumber outside [0, eventCapacity = 2]
+        packet = struct.pack("<hhiiiiii", 1, 1, 8, 4, 0, 2, number, 2) + ev
+        for data in (head + packet, head + packet + nxt):   # last packet, or one follows
+            with pytest.raises(AedatError, match="eventNumber"):
+                read_aedat3_polarity(data)

@@ -15,7 +15,7 @@ import pytest
 from minirate.data.cifar import DatasetError
 from minirate.data.events import event_loaders
 from minirate.data.events.aedat2 import encode_dvs128, write_aedat2
-from minirate.data.events.cache import EventFrames, cache_name, convert
+from minirate.data.events.cache import EventFrames, cache_name, convert, open_or_build
 from minirate.data.events.datasets import CIFAR10DVS_CLASSES, list_samples
 from minirate.data.events.download import download_cifar10dvs, fetch_resumable
 from minirate.data.events.frames import integrate, resize
@@ -208,6 +208,7 @@ def test_cli_convert_and_errors(cifar_dvs, tmp_path):
     r = subprocess.run(run + ["--data-dir", str(tmp_path / "nothing")], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "CIFAR10-DVS not found" in r.stderr
+    assert not (tmp_path / "nothing").exists()          # no cache folder made for nothing
     r = subprocess.run(run + ["--T", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
@@ -294,3 +295,36 @@ def test_download_cifar10dvs_archives_are_read_in_place(tmp_path, server):
     samples = list_samples("cifar10dvs", str(tmp_path / "data"))
     assert [s.label for s in samples] == list(range(10))
     assert all(s.recording[0] == "zip" for s in samples)
+
+
+def test_gesture_lists_without_samples_rejected(tmp_path):
+    root = tmp_path / "DvsGesture"
+    root.mkdir()
+    for split in ("train", "test"):
+        (root / f"trials_to_{split}.txt").write_text("\n")
+    with pytest.raises(DatasetError, match="no labelled segments"):
+        convert("dvsgesture", str(tmp_path), str(tmp_path / "g.h5"), T, "count", 16)
+    assert not os.path.exists(tmp_path / "g.h5.partial")
+
+
+def test_unknown_split_closes_the_cache_it_opened(cifar_dvs, monkeypatch):
+    d, _ = cifar_dvs
+    _convert(d)
+    opened = []
+    init = EventFrames.__init__
+
+    def spy(self, *args):
+        init(self, *args)
+        opened.append(self)
+    monkeypatch.setattr(EventFrames, "__init__", spy)
+    with pytest.raises(DatasetError, match="unknown split"):
+        event_loaders("cifar10dvs", str(d), T, 4, 8, size=SIZE, split="users", progress=False)
+    assert len(opened) == 1 and not opened[0].file      # closed: a falsy h5py File
+
+
+def test_missing_recordings_fail_before_anything_is_written(tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(DatasetError, match="CIFAR10-DVS not found"):
+        open_or_build("cifar10dvs", str(tmp_path / "none"), str(cache_dir), T, size=SIZE,
+                      progress=False)
+    assert not cache_dir.exists() and "building" not in capsys.readouterr().out

@@ -20,8 +20,6 @@ from ..costs import method_costs
 from ..data.augment import normalize
 from ..data.cifar import SAMPLE, SPECS, load_cifar
 from ..data.events import EVENT_DATASETS, NUM_CLASSES, event_loaders
-from ..data.events.cache import cache_name
-from ..data.events.datasets import list_samples
 from ..layers.base import StateDictError
 from ..losses import ce_mse, cross_entropy
 from ..methods import METHODS, make_method
@@ -95,9 +93,6 @@ class DataSource(NamedTuple):
         if not self.events:
             x, y = load_images(self.dataset, self.data_dir, split)
             return normalize(x[:n], self.dataset), y[:n]
-        if not os.path.exists(os.path.join(self.cache_dir or self.data_dir, cache_name(
-                self.dataset, T, self.split_by, self.frame_size))):
-            list_samples(self.dataset, self.data_dir)       # missing recordings: fail first
         with contextlib.redirect_stdout(sys.stderr):        # the cache notice is not a result
             loaders = event_loaders(self.dataset, self.data_dir, T, 1, 1, flip=False, roll=0,
                                     size=self.frame_size, split_by=self.split_by,
@@ -151,6 +146,10 @@ def model_from_checkpoint(path):
     try:
         model = build_model(cfg["arch"], num_classes_of(dataset), cfg.get("width", 1.0), neuron,
                             in_channels=in_channels_of(dataset))
+        if cfg.get("local_blocks", 1) != 1 or cfg.get("split_at"):
+            # trained block by block: the saved aux heads, attached as the local method does
+            make_method("bptt", model, 1, local_blocks=cfg.get("local_blocks", 1),
+                        split_at=cfg.get("split_at"))
         model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
                                if k.startswith("model/")})
     except (StateDictError, ValueError, TypeError) as e:

@@ -171,8 +171,9 @@ def run(a, xp, bar):
                 data=source.describe("train"), train_images=len(y_train),
                 test_images=len(y_test), batch_size=a.batch_size,
                 train_steps=a.train_steps, lr=a.lr, momentum=0.9, seed=a.seed, device=a.device,
-                split_default="costs.default_split (equal forward MACs per block) unless the "
-                              "method reports its own split_at")
+                split_default="costs.default_split (N - 1 of the model's split_points, spread "
+                              "evenly, as the local method picks them) unless the method "
+                              "reports its own split_at")
     fmt = lambda v, f: "-" if v is None else f.format(v)  # noqa: E731
     table = format_table(["K", "N", "method", "acc", "loss", "kept MiB", "peak MiB", "step s",
                           "GMAC", "GAC", "mem acc MiB"],

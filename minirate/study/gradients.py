@@ -31,6 +31,7 @@ import numpy as np
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.conv import Conv2d
 from ..layers.linear import Linear
+from ..layers.scaled_ws import ScaledWSCache
 from ..methods import BPTT
 from ..losses import cross_entropy
 from ..methods.common import mean_over_time
@@ -89,8 +90,17 @@ def _alignment(dots):
                 norm_ratio=n_m / n_b if n_b > 0 else math.nan, norm_method=n_m, norm_bptt=n_b)
 
 
-# the cache field holding each parameterised layer's input (or, for batchnorm, x − μ)
+# the cache field holding each parameterised layer's input (or, for batchnorm, x − μ); the
+# subclasses (weight-standardized conv and linear) hold their layer's cache in `op`
 LAYER_INPUT = {Conv2d: "x", Linear: "x", BatchNorm1d: "x_centred", BatchNorm2d: "x_centred"}
+
+
+def _time_averaged(layer, cache, T):
+    """`cache` with the layer's input (batchnorm: x − μ) replaced by its mean over T steps."""
+    if isinstance(cache, ScaledWSCache):
+        return cache._replace(op=_time_averaged(layer, cache.op, T))
+    field = next(f for cls, f in LAYER_INPUT.items() if isinstance(layer, cls))
+    return cache._replace(**{field: mean_over_time(getattr(cache, field), T)})
 
 
 def time_average_limit(model, x, y, T):
@@ -106,7 +116,7 @@ def time_average_limit(model, x, y, T):
     input is the same at every step (the first convolution) keep cosine 1.
     """
     recorded = []
-    layers = [m for _, m in model.named_modules() if type(m) in LAYER_INPUT]
+    layers = [m for _, m in model.named_modules() if isinstance(m, tuple(LAYER_INPUT))]
     for layer in layers:
         def record(dy, cache, layer=layer, backward=layer.backward):
             recorded.append((layer, dy, cache))
@@ -119,9 +129,7 @@ def time_average_limit(model, x, y, T):
             del layer.backward              # ...until it is deleted again
     model.zero_grad()
     for layer, dy, cache in recorded:
-        field = LAYER_INPUT[type(layer)]
-        averaged = cache._replace(**{field: mean_over_time(getattr(cache, field), T)})
-        layer.backward(T * mean_over_time(dy, T), averaged)        # Σ_t dy_t
+        layer.backward(T * mean_over_time(dy, T), _time_averaged(layer, cache, T))   # Σ_t dy_t
     return {name: g.copy() for name, _, g, _ in model.parameters()}
 
 

@@ -30,8 +30,12 @@ def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, fli
     set's own, see datasets.py).
     """
     frames = open_or_build(dataset, data_dir, cache_dir or data_dir, T, split_by, size, progress)
-    is_test = split_of(dataset, frames.rank, frames.labels, frames.split,
-                       split or DEFAULT_SPLIT[dataset])
+    try:
+        is_test = split_of(dataset, frames.rank, frames.labels, frames.split,
+                           split or DEFAULT_SPLIT[dataset])
+    except BaseException:
+        frames.close()
+        raise
     train = EventLoader(frames, np.flatnonzero(is_test == 0), batch_size, True, seed, flip, roll)
     test = EventLoader(frames, np.flatnonzero(is_test == 1), eval_batch_size, False, seed)
     return train, test

@@ -12,7 +12,7 @@ import sys
 from ...cli import ArgumentParser, positive_int
 from ..cifar import DatasetError
 from .cache import cache_name, convert_with_progress
-from .datasets import NUM_CLASSES
+from .datasets import NUM_CLASSES, list_samples
 from .download import download_cifar10dvs
 from .frames import SPLITS
 
@@ -41,6 +41,7 @@ def main(argv=None):
     if os.path.exists(path):
         print(f"{path} already exists (delete it to convert again)")
         return 0
+    list_samples(args.dataset, args.data_dir)      # missing recordings: fail before writing
     os.makedirs(cache_dir, exist_ok=True)
     convert_with_progress(args.dataset, args.data_dir, path, args.T, args.split_by,
                           args.frame_size, args.progress)

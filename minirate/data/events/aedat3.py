@@ -54,6 +54,9 @@ def read_aedat3_polarity(data):
             raise AedatError(f"packet at byte {pos} runs past the end of the file "
                              f"(truncated or damaged)")
         if h["type"] == POLARITY_TYPE:
+            if not 0 <= h["number"] <= capacity:
+                raise AedatError(f"packet at byte {pos} has eventNumber {h['number']} outside "
+                                 f"[0, eventCapacity {capacity}] (damaged)")
             if size != POLARITY_EVENT.itemsize:
                 raise AedatError(f"polarity packet at byte {pos} has {size}-byte events")
             ev = np.frombuffer(data, POLARITY_EVENT, count=int(h["number"]), offset=body)

@@ -202,6 +202,7 @@ def open_or_build(dataset, data_dir, cache_dir, T, split_by="count", size=48, pr
     """The cache for these settings, converted first when it does not exist yet."""
     path = os.path.join(cache_dir, cache_name(dataset, T, split_by, size))
     if not os.path.exists(path):
+        list_samples(dataset, data_dir)         # missing recordings: fail before writing
         print(f"building the frame cache {path} (once; resumable if interrupted)", flush=True)
         try:
             os.makedirs(cache_dir, exist_ok=True)

@@ -120,6 +120,9 @@ def _gesture_samples(root):
             for cls, start, end in _read_labels(csv):
                 samples.append(Sample(cls, rank[cls], split, ("file", aedat), start, end))
                 rank[cls] += 1
+    if not samples:
+        raise DatasetError(f"DVS128 Gesture at {root}: trials_to_train.txt and "
+                           f"trials_to_test.txt list no labelled segments")
     return samples
 
 
