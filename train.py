@@ -410,6 +410,9 @@ def main(argv=None):
         resume = last_path if os.path.exists(last_path) else ""
         if not resume:
             log(f"resume auto: no checkpoint in {out}, starting fresh")
+    # a checkpoint of this folder continues its run; one from elsewhere would replace it
+    resume_here = bool(resume) and (os.path.realpath(os.path.dirname(os.path.abspath(resume)))
+                                     == os.path.realpath(out))
     if lead:
         try:
             os.makedirs(out, exist_ok=True)
@@ -499,12 +502,22 @@ def main(argv=None):
             method.load_state_dict(meta.get("method_state") or {})
         log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
             f"{steps_per_epoch} steps done, step {pos['step']} in all")
-    elif cfg["overwrite"] and lead:
+    if lead and resume and not resume_here and holds_run(out) and not cfg["overwrite"]:
+        raise UsageError(f"{out} already holds another run than {resume}; continue that one "
+                         f"with --resume auto, choose an empty --out, or replace it with "
+                         f"--overwrite")
+    if cfg["overwrite"] and not resume_here and lead:
         for f in (metrics_path, best_path):     # the old run's; last.npz is replaced atomically
             if os.path.exists(f):
                 os.remove(f)
 
+    # where this run's last good state lies on disk (a last.npz that --overwrite is replacing
+    # is another run's)
+    good_checkpoint = {"path": resume or None}
+
     def save(path):
+        if path == last_path:
+            good_checkpoint["path"] = last_path
         if not lead:                 # every rank holds the same weights: rank 0 writes them
             return
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -559,8 +572,8 @@ def main(argv=None):
                            "gradient norm" if not math.isfinite(grad_norm) else
                            "weights" if not math.isfinite(weight_sum(params)) else None)
                     if bad:
-                        kept = (f"last good checkpoint kept at {last_path}"
-                                if os.path.exists(last_path) else "no checkpoint was saved yet")
+                        kept = (f"last good checkpoint kept at {good_checkpoint['path']}"
+                                if good_checkpoint["path"] else "no checkpoint was saved yet")
                         raise FloatingPointError(
                             f"{bad} became non-finite at step {pos['step'] + 1} (epoch {epoch}); "
                             f"stopped, {kept}")

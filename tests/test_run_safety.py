@@ -338,3 +338,27 @@ def test_sltt_k_resumes_exactly(tmp_path, synth):
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     assert load_checkpoint(out / "last.npz")[1]["method_state"] == {"batches": 12}
+
+
+def test_resume_from_elsewhere_into_a_folder_of_another_run_is_refused(tmp_path, synth):
+    """--resume names a checkpoint of run A, --out holds run B: B is not replaced without
+    --overwrite; with it, B's log and best checkpoint go and A continues alone."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_train(*quick(a, synth, "--epochs", "1")).returncode == 0
+    assert run_train(*quick(b, synth, "--epochs", "1", "--seed", "3")).returncode == 0
+    before = {f: (b / f).read_bytes() for f in ("last.npz", "best.npz", "metrics.jsonl")}
+    r = run_train(*quick(b, synth, "--epochs", "2", "--resume", a / "last.npz"))
+    _one_line_error(r, 1, "already holds", "--overwrite")
+    assert {f: (b / f).read_bytes() for f in before} == before
+    r = run_train(*quick(b, synth, "--epochs", "2", "--resume", a / "last.npz", "--overwrite"))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["epoch"] for line in open(b / "metrics.jsonl")] == [2]
+    assert load_checkpoint(b / "last.npz")[1]["config"]["seed"] == 0
+
+
+def test_divergence_after_overwrite_does_not_name_the_replaced_run(tmp_path, synth):
+    """The last.npz left by the run that --overwrite replaces is not this run's checkpoint."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    r = run_train(*quick(out, synth, "--epochs", "1", "--overwrite", "--lr", "1e38", "--wd", "0"))
+    _one_line_error(r, 1, "non-finite", "no checkpoint was saved yet")
