@@ -157,3 +157,19 @@ def test_train_script_on_an_imagenet_folder(tmp_path, folder):
     r = subprocess.run(args[:5] + [str(tmp_path / "none")] + args[6:], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ImageNet folder")
+
+
+def test_unreadable_folder_is_one_line(folder, monkeypatch):
+    """A folder that cannot be listed (permission denied; root reads through chmod, so the
+    refusal is simulated) is a DatasetError naming it, not an OSError."""
+    real = os.listdir
+    blocked = os.path.join(folder, "train", WNIDS[1])
+
+    def listdir(path):
+        if os.path.abspath(path) == os.path.abspath(blocked):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(DatasetError, match=f"cannot list {blocked}: Permission denied"):
+        load_imagenet(folder)

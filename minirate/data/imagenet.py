@@ -43,7 +43,7 @@ def scan_split(root, split, classes=None):
     if not os.path.isdir(folder):
         raise DatasetError(f"ImageNet folder {folder} not found (expected {root}/train/<wnid>/"
                            f"*.JPEG and {root}/val/<wnid>/*.JPEG)")
-    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    found = sorted(d for d in _listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
@@ -52,13 +52,20 @@ def scan_split(root, split, classes=None):
     index = {wnid: k for k, wnid in enumerate(classes)}
     paths, labels = [], []
     for wnid in found:
-        for name in sorted(os.listdir(os.path.join(folder, wnid))):
+        for name in sorted(_listdir(os.path.join(folder, wnid))):
             if name.lower().endswith(EXTENSIONS):
                 paths.append(os.path.join(folder, wnid, name))
                 labels.append(index[wnid])
     if not paths:
         raise DatasetError(f"no images (*.JPEG) in the class folders of {folder}")
     return paths, np.array(labels, dtype=np.int64), classes
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise DatasetError(f"cannot list {folder}: {e.strerror or e}") from None
 
 
 def load_imagenet(data_dir):
