@@ -430,6 +430,10 @@ def main(argv=None):
         if removed:
             log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
         if holds_run(out) and not resume and not cfg["overwrite"]:
+            if cfg["resume"] == "auto":      # e.g. killed between its first best and last save
+                raise UsageError(f"{out} holds a run but no last.npz to continue it from; "
+                                 f"resume from another checkpoint with --resume PATH, or "
+                                 f"replace the run with --overwrite")
             raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
                              f"or replace it with --overwrite")
 

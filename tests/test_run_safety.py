@@ -362,3 +362,15 @@ def test_divergence_after_overwrite_does_not_name_the_replaced_run(tmp_path, syn
     assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
     r = run_train(*quick(out, synth, "--epochs", "1", "--overwrite", "--lr", "1e38", "--wd", "0"))
     _one_line_error(r, 1, "non-finite", "no checkpoint was saved yet")
+
+
+def test_resume_auto_in_a_folder_without_last_checkpoint_does_not_loop(tmp_path, synth):
+    """A run killed between its first best.npz and last.npz: --resume auto cannot continue it
+    and must not answer 'continue it with --resume auto'."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    os.remove(out / "last.npz")
+    r = run_train(*quick(out, synth, "--epochs", "1", "--resume", "auto"))
+    _one_line_error(r, 1, "no last.npz", "--overwrite")
+    assert "continue it with --resume auto" not in r.stderr
+    assert (out / "best.npz").exists()
