@@ -30,6 +30,7 @@ from minirate.data.loader import Loader
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
+from minirate.layers.batchnorm import BatchStatisticsError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
@@ -647,6 +648,8 @@ if __name__ == "__main__":
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
             RunDirError, FloatingPointError, DistributedError) as e:
         fail(str(e))
+    except BatchStatisticsError as e:    # before any weight changed: nothing new was saved
+        fail(f"{e}: use a larger --batch-size (per rank under mpirun) or larger images")
     except KeyboardInterrupt:      # before the training loop: nothing was written yet
         print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)

@@ -374,3 +374,12 @@ def test_resume_auto_in_a_folder_without_last_checkpoint_does_not_loop(tmp_path,
     _one_line_error(r, 1, "no last.npz", "--overwrite")
     assert "continue it with --resume auto" not in r.stderr
     assert (out / "best.npz").exists()
+
+
+def test_batch_too_small_for_batchnorm_is_one_line(tmp_path):
+    """sew_resnet34 on 32-px images ends in 1 x 1 maps: a batch of one sample leaves one value
+    per channel for batchnorm's statistics, a usage error rather than a traceback."""
+    r = run_train("--dataset", "cifar10-sample", "--arch", "sew_resnet34", "--width", "0.0625",
+                  "--batch-size", "1", "--T", "1", "--max-steps", "1", "--no-progress",
+                  "--out", tmp_path / "o")
+    _one_line_error(r, 1, "batchnorm", "1 value per channel", "--batch-size")
