@@ -504,7 +504,11 @@ def main(argv=None):
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update({k: meta["position"][k] for k in pos})
         if hasattr(method, "load_state_dict"):   # e.g. SLTT-K's count of random draws
-            method.load_state_dict(meta.get("method_state") or {})
+            try:
+                method.load_state_dict(meta.get("method_state") or {})
+            except (TypeError, ValueError, AttributeError) as e:
+                raise CheckpointError(f"{resume} has a damaged method state "
+                                      f"{meta.get('method_state')!r} ({e})") from None
         log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
             f"{steps_per_epoch} steps done, step {pos['step']} in all")
     if lead and resume and not resume_here and holds_run(out) and not cfg["overwrite"]:

@@ -383,3 +383,17 @@ def test_batch_too_small_for_batchnorm_is_one_line(tmp_path):
                   "--batch-size", "1", "--T", "1", "--max-steps", "1", "--no-progress",
                   "--out", tmp_path / "o")
     _one_line_error(r, 1, "batchnorm", "1 value per channel", "--batch-size")
+
+
+@pytest.mark.parametrize("state", [{"batches": "many"}, ["batches", 3]])
+def test_damaged_method_state_is_one_line_and_nothing_is_rewritten(tmp_path, synth, state):
+    out = tmp_path / "o"
+    args = ["--method", "sltt", "--sltt-k", "1"]
+    assert run_train(*quick(out, synth, *args, "--epochs", "1")).returncode == 0
+    arrays, meta = load_checkpoint(out / "last.npz")
+    meta["method_state"] = state
+    save_checkpoint(out / "last.npz", arrays, meta)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    r = run_train(*quick(out, synth, *args, "--epochs", "2", "--resume", "auto"))
+    _one_line_error(r, 1, "last.npz", "method state")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
