@@ -397,3 +397,16 @@ def test_damaged_method_state_is_one_line_and_nothing_is_rewritten(tmp_path, syn
     r = run_train(*quick(out, synth, *args, "--epochs", "2", "--resume", "auto"))
     _one_line_error(r, 1, "last.npz", "method state")
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+def test_log_line_that_is_not_an_object_is_one_line(tmp_path, synth):
+    """metrics.jsonl holds one JSON object per line; a line of valid JSON that is not one (a
+    hand edit, another tool) is named, not an AttributeError traceback."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    before = (out / "last.npz").read_bytes()
+    r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto"))
+    _one_line_error(r, 1, "metrics.jsonl line 2", "not a JSON object")
+    assert (out / "last.npz").read_bytes() == before
