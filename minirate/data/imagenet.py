@@ -24,7 +24,10 @@ Every problem with the files is a `DatasetError` whose message is one line namin
 import collections
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -126,6 +129,33 @@ def decode(path, train, size, resize, seed):
     return np.asarray(img, dtype=np.uint8)
 
 
+def _forkserver():
+    """The forkserver context; its server, when this call starts it, ignores SIGINT.
+
+    A terminal's Ctrl-C reaches the whole process group, decoding workers included; only the
+    training process should act on it (minirate/interrupt.py: stop after the step, then shut the
+    workers down). A process started with SIGINT ignored keeps it ignored (Python installs its
+    KeyboardInterrupt handler only over the default), and the server hands that disposition to
+    every worker it forks: ignored from the worker's first instruction, during its start-up too.
+    Meanwhile SIGINT is blocked here, so a Ctrl-C in that moment waits instead of being lost.
+    SIGTERM keeps its default: the pool needs it to end the workers of a broken pool.
+    """
+    if threading.current_thread() is threading.main_thread():
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return multiprocessing.get_context("forkserver")
+
+
+def _ignore_sigint():
+    """In a decoding worker, once it runs (see `_forkserver`; for a server started elsewhere)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def decode_many(paths, seeds, train, size, resize):
     """A worker's piece of a batch: uint8 (k, size, size, 3)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
@@ -208,7 +238,7 @@ class ImageFolderLoader:
                 pieces, y = self._pieces(epoch, b, order)
                 yield self._stack([decode_many(*p, *args) for p in pieces]), y
             return
-        pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("forkserver"))
+        pool = ProcessPoolExecutor(self.workers, _forkserver(), initializer=_ignore_sigint)
         in_flight = collections.deque()             # (futures of a batch's pieces, labels)
         try:
             for b in range(start_batch, len(self)):
