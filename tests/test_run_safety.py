@@ -410,3 +410,17 @@ def test_log_line_that_is_not_an_object_is_one_line(tmp_path, synth):
     r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto"))
     _one_line_error(r, 1, "metrics.jsonl line 2", "not a JSON object")
     assert (out / "last.npz").read_bytes() == before
+
+
+def test_folder_that_cannot_be_locked_is_not_called_in_use(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts) is not 'in use by another run'."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunDirError, match="cannot lock .*No locks available") as e:
+        RunLock(str(tmp_path))
+    assert "in use" not in str(e.value)
