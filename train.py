@@ -30,6 +30,7 @@ from minirate.data.loader import Loader
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
+from minirate.layers.batchnorm import BatchStatisticsError
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
@@ -410,6 +411,9 @@ def main(argv=None):
         resume = last_path if os.path.exists(last_path) else ""
         if not resume:
             log(f"resume auto: no checkpoint in {out}, starting fresh")
+    # a checkpoint of this folder continues its run; one from elsewhere would replace it
+    resume_here = bool(resume) and (os.path.realpath(os.path.dirname(os.path.abspath(resume)))
+                                     == os.path.realpath(out))
     if lead:
         try:
             os.makedirs(out, exist_ok=True)
@@ -427,6 +431,10 @@ def main(argv=None):
         if removed:
             log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
         if holds_run(out) and not resume and not cfg["overwrite"]:
+            if cfg["resume"] == "auto":      # e.g. killed between its first best and last save
+                raise UsageError(f"{out} holds a run but no last.npz to continue it from; "
+                                 f"resume from another checkpoint with --resume PATH, or "
+                                 f"replace the run with --overwrite")
             raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
                              f"or replace it with --overwrite")
 
@@ -496,15 +504,29 @@ def main(argv=None):
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update({k: meta["position"][k] for k in pos})
         if hasattr(method, "load_state_dict"):   # e.g. SLTT-K's count of random draws
-            method.load_state_dict(meta.get("method_state") or {})
+            try:
+                method.load_state_dict(meta.get("method_state") or {})
+            except (TypeError, ValueError, AttributeError) as e:
+                raise CheckpointError(f"{resume} has a damaged method state "
+                                      f"{meta.get('method_state')!r} ({e})") from None
         log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
             f"{steps_per_epoch} steps done, step {pos['step']} in all")
-    elif cfg["overwrite"] and lead:
+    if lead and resume and not resume_here and holds_run(out) and not cfg["overwrite"]:
+        raise UsageError(f"{out} already holds another run than {resume}; continue that one "
+                         f"with --resume auto, choose an empty --out, or replace it with "
+                         f"--overwrite")
+    if cfg["overwrite"] and not resume_here and lead:
         for f in (metrics_path, best_path):     # the old run's; last.npz is replaced atomically
             if os.path.exists(f):
                 os.remove(f)
 
+    # where this run's last good state lies on disk (a last.npz that --overwrite is replacing
+    # is another run's)
+    good_checkpoint = {"path": resume or None}
+
     def save(path):
+        if path == last_path:
+            good_checkpoint["path"] = last_path
         if not lead:                 # every rank holds the same weights: rank 0 writes them
             return
         arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -559,8 +581,8 @@ def main(argv=None):
                            "gradient norm" if not math.isfinite(grad_norm) else
                            "weights" if not math.isfinite(weight_sum(params)) else None)
                     if bad:
-                        kept = (f"last good checkpoint kept at {last_path}"
-                                if os.path.exists(last_path) else "no checkpoint was saved yet")
+                        kept = (f"last good checkpoint kept at {good_checkpoint['path']}"
+                                if good_checkpoint["path"] else "no checkpoint was saved yet")
                         raise FloatingPointError(
                             f"{bad} became non-finite at step {pos['step'] + 1} (epoch {epoch}); "
                             f"stopped, {kept}")
@@ -630,6 +652,8 @@ if __name__ == "__main__":
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
             RunDirError, FloatingPointError, DistributedError) as e:
         fail(str(e))
+    except BatchStatisticsError as e:    # before any weight changed: nothing new was saved
+        fail(f"{e}: use a larger --batch-size (per rank under mpirun) or larger images")
     except KeyboardInterrupt:      # before the training loop: nothing was written yet
         print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         sys.exit(130)

@@ -100,17 +100,21 @@ def cpu_threads():
     if ThreadpoolController is None:
         return 1
     if _cpu["threads"] is None:
-        env = os.environ.get("MINIRATE_NUM_THREADS", "").strip()
-        if env.isdigit() and int(env) > 0:
-            _cpu["threads"] = int(env)
-        else:
-            _cpu["threads"] = _available_cores()
-            if env:
-                sys.stderr.write(f"warning: MINIRATE_NUM_THREADS={env!r} is not a positive "
-                                 f"integer; using {_cpu['threads']} threads\n")
+        _cpu["threads"] = _threads_from_environment() or _available_cores()
         if _cpu["threads"] > 1:
             _hold_blas_to_one_thread()
     return _cpu["threads"]
+
+
+def _threads_from_environment():
+    """MINIRATE_NUM_THREADS as a positive count; None when unset or not one (with a warning)."""
+    env = os.environ.get("MINIRATE_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if env:
+        sys.stderr.write(f"warning: MINIRATE_NUM_THREADS={env!r} is not a positive integer; "
+                         f"ignored\n")
+    return None
 
 
 def _hold_blas_to_one_thread():
@@ -138,7 +142,7 @@ def share_cores(n_processes):
     on one node): cpu_threads() becomes cores // n_processes, unless MINIRATE_NUM_THREADS says
     otherwise, and with one thread left BLAS is held to one thread too (several ranks each
     running a BLAS pool as wide as the machine would oversubscribe it many times over)."""
-    if os.environ.get("MINIRATE_NUM_THREADS", "").isdigit():
+    if _threads_from_environment():
         return
     n = max(1, _available_cores() // max(1, int(n_processes)))
     set_cpu_threads(n)

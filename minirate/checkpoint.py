@@ -179,8 +179,8 @@ def append_jsonl(path, record):
 
 
 def read_jsonl(path):
-    """All records of a JSON Lines log, in order. A torn last line (no final newline) is ignored;
-    any other line that is not valid JSON raises CheckpointError naming its line number."""
+    """All records (dicts) of a JSON Lines log, in order. A torn last line (no final newline) is
+    ignored; any other line that is not a JSON object raises CheckpointError naming its number."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -194,10 +194,13 @@ def read_jsonl(path):
         if not raw.strip():
             continue
         try:
-            records.append(json.loads(raw.decode("utf-8")))
+            record = json.loads(raw.decode("utf-8"))
         except ValueError as e:
             raise CheckpointError(f"log {path} line {lineno} is not valid JSON: "
                                   f"{_one_line(e)}") from e
+        if not isinstance(record, dict):
+            raise CheckpointError(f"log {path} line {lineno} is not a JSON object")
+        records.append(record)
     return records
 
 

@@ -13,6 +13,7 @@ A save killed midway leaves its temporary file (".NAME.PID.HEX.tmp", see checkpo
 "config.json.tmp") beside the checkpoint; the owner of the lock removes such files on start.
 """
 import atexit
+import errno
 import fcntl
 import os
 import re
@@ -39,7 +40,11 @@ class RunLock:
                                   f"{e.strerror or e}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):   # no flock on this mount
+                    os.close(fd)
+                    raise RunDirError(f"cannot lock {self.path}: {e.strerror or e}; choose an "
+                                      f"--out on a file system with file locks") from None
                 owner = _read_owner(fd)
                 os.close(fd)
                 raise RunDirError(f"{out} is in use by another run ({owner or 'unknown owner'}, "

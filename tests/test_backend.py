@@ -56,6 +56,22 @@ def test_thread_count_from_environment(monkeypatch, capsys):
         backend.set_cpu_threads(0)
 
 
+@pytest.mark.parametrize("env, expected", [("", 4), ("3", 3), ("0", 4), ("many", 4)])
+def test_ranks_on_one_node_share_its_cores(monkeypatch, env, expected):
+    """Two ranks on 8 cores take 4 threads each, unless MINIRATE_NUM_THREADS names a positive
+    count; a value that is not one shares the cores too (not 8 threads in every rank)."""
+    if backend.ThreadpoolController is None:
+        pytest.skip("threadpoolctl is not installed")
+    old = backend.cpu_threads()
+    monkeypatch.setattr(backend, "_available_cores", lambda: 8)
+    monkeypatch.setenv("MINIRATE_NUM_THREADS", env)
+    try:
+        backend._cpu["threads"] = None
+        backend.share_cores(2)
+        assert backend.cpu_threads() == expected
+    finally:
+        backend.set_cpu_threads(old)
+
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0)])
 def test_conv_split_over_threads_matches_one_thread(threads, stride, padding):
     rng = np.random.default_rng(0)

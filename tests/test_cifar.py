@@ -138,6 +138,27 @@ def test_download_good_md5(tmp_path, synth, capsys):
     load_cifar("cifar10", str(data_dir), url="file:///nonexistent.tar.gz", md5="0" * 32)
 
 
+
+def test_download_finished_first_by_another_process(tmp_path, synth):
+    """Two processes (the ranks of `mpirun`, two runs) download into the same --data-dir at
+    once: the one that finishes second finds the folder already in place, keeps it and reads
+    it, instead of failing to rename its own copy over it."""
+    from minirate.data.cifar import download_and_extract
+    root, folder = synth
+    url, md5 = make_tarball(tmp_path, folder)
+    data_dir = tmp_path / "data"
+    download_and_extract(url, md5, str(data_dir), FOLDER)          # the first process
+    first = {n: read_bytes(data_dir / FOLDER / n) for n in os.listdir(data_dir / FOLDER)}
+    download_and_extract(url, md5, str(data_dir), FOLDER)          # the second one
+    assert os.listdir(data_dir) == [FOLDER]                        # nothing of it left over
+    assert {n: read_bytes(data_dir / FOLDER / n) for n in os.listdir(data_dir / FOLDER)} == first
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / FOLDER).write_text("a file where the folder should go")
+    with pytest.raises(DatasetError, match=f"cannot move {FOLDER} into {blocked}"):
+        download_and_extract(url, md5, str(blocked), FOLDER)
+    assert os.listdir(blocked) == [FOLDER]
+
 def test_download_bad_md5_leaves_nothing(tmp_path, synth):
     url, md5 = make_tarball(tmp_path, synth[1])
     data_dir = tmp_path / "data"

@@ -157,3 +157,53 @@ def test_train_script_on_an_imagenet_folder(tmp_path, folder):
     r = subprocess.run(args[:5] + [str(tmp_path / "none")] + args[6:], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: ImageNet folder")
+
+
+def test_unreadable_folder_is_one_line(folder, monkeypatch):
+    """A folder that cannot be listed (permission denied; root reads through chmod, so the
+    refusal is simulated) is a DatasetError naming it, not an OSError."""
+    real = os.listdir
+    blocked = os.path.join(folder, "train", WNIDS[1])
+
+    def listdir(path):
+        if os.path.abspath(path) == os.path.abspath(blocked):
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(DatasetError, match=f"cannot list {blocked}: Permission denied"):
+        load_imagenet(folder)
+
+
+def test_ctrl_c_on_the_terminal_stops_cleanly_with_decoding_workers(tmp_path, folder):
+    """Ctrl-C on a terminal reaches the whole process group, the decoding workers too: they
+    leave it to the training process, which saves after its step as without workers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from minirate.checkpoint import load_checkpoint
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "o"
+    args = [sys.executable, os.path.join(root, "train.py"), "--dataset", "imagenet",
+            "--data-dir", folder, "--arch", "small", "--width", "0.25", "--image-size", "16",
+            "--T", "1", "--batch-size", "4", "--epochs", "50", "--workers", "2",
+            "--save-every", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)        # its own group, as a terminal's job
+    try:
+        t0 = time.time()
+        while not (out / "last.npz").exists():
+            assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)                                    # workers busy or waiting for work
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted: saved" in err and "Traceback" not in err, err
+    pos = load_checkpoint(out / "last.npz")[1]["position"]
+    assert pos["step"] == pos["epoch"] * 3 + pos["batch"] >= 1

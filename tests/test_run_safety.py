@@ -338,3 +338,89 @@ def test_sltt_k_resumes_exactly(tmp_path, synth):
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     assert load_checkpoint(out / "last.npz")[1]["method_state"] == {"batches": 12}
+
+
+def test_resume_from_elsewhere_into_a_folder_of_another_run_is_refused(tmp_path, synth):
+    """--resume names a checkpoint of run A, --out holds run B: B is not replaced without
+    --overwrite; with it, B's log and best checkpoint go and A continues alone."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_train(*quick(a, synth, "--epochs", "1")).returncode == 0
+    assert run_train(*quick(b, synth, "--epochs", "1", "--seed", "3")).returncode == 0
+    before = {f: (b / f).read_bytes() for f in ("last.npz", "best.npz", "metrics.jsonl")}
+    r = run_train(*quick(b, synth, "--epochs", "2", "--resume", a / "last.npz"))
+    _one_line_error(r, 1, "already holds", "--overwrite")
+    assert {f: (b / f).read_bytes() for f in before} == before
+    r = run_train(*quick(b, synth, "--epochs", "2", "--resume", a / "last.npz", "--overwrite"))
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["epoch"] for line in open(b / "metrics.jsonl")] == [2]
+    assert load_checkpoint(b / "last.npz")[1]["config"]["seed"] == 0
+
+
+def test_divergence_after_overwrite_does_not_name_the_replaced_run(tmp_path, synth):
+    """The last.npz left by the run that --overwrite replaces is not this run's checkpoint."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    r = run_train(*quick(out, synth, "--epochs", "1", "--overwrite", "--lr", "1e38", "--wd", "0"))
+    _one_line_error(r, 1, "non-finite", "no checkpoint was saved yet")
+
+
+def test_resume_auto_in_a_folder_without_last_checkpoint_does_not_loop(tmp_path, synth):
+    """A run killed between its first best.npz and last.npz: --resume auto cannot continue it
+    and must not answer 'continue it with --resume auto'."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    os.remove(out / "last.npz")
+    r = run_train(*quick(out, synth, "--epochs", "1", "--resume", "auto"))
+    _one_line_error(r, 1, "no last.npz", "--overwrite")
+    assert "continue it with --resume auto" not in r.stderr
+    assert (out / "best.npz").exists()
+
+
+def test_batch_too_small_for_batchnorm_is_one_line(tmp_path):
+    """sew_resnet34 on 32-px images ends in 1 x 1 maps: a batch of one sample leaves one value
+    per channel for batchnorm's statistics, a usage error rather than a traceback."""
+    r = run_train("--dataset", "cifar10-sample", "--arch", "sew_resnet34", "--width", "0.0625",
+                  "--batch-size", "1", "--T", "1", "--max-steps", "1", "--no-progress",
+                  "--out", tmp_path / "o")
+    _one_line_error(r, 1, "batchnorm", "1 value per channel", "--batch-size")
+
+
+@pytest.mark.parametrize("state", [{"batches": "many"}, ["batches", 3]])
+def test_damaged_method_state_is_one_line_and_nothing_is_rewritten(tmp_path, synth, state):
+    out = tmp_path / "o"
+    args = ["--method", "sltt", "--sltt-k", "1"]
+    assert run_train(*quick(out, synth, *args, "--epochs", "1")).returncode == 0
+    arrays, meta = load_checkpoint(out / "last.npz")
+    meta["method_state"] = state
+    save_checkpoint(out / "last.npz", arrays, meta)
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    r = run_train(*quick(out, synth, *args, "--epochs", "2", "--resume", "auto"))
+    _one_line_error(r, 1, "last.npz", "method state")
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+def test_log_line_that_is_not_an_object_is_one_line(tmp_path, synth):
+    """metrics.jsonl holds one JSON object per line; a line of valid JSON that is not one (a
+    hand edit, another tool) is named, not an AttributeError traceback."""
+    out = tmp_path / "o"
+    assert run_train(*quick(out, synth, "--epochs", "1")).returncode == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    before = (out / "last.npz").read_bytes()
+    r = run_train(*quick(out, synth, "--epochs", "2", "--resume", "auto"))
+    _one_line_error(r, 1, "metrics.jsonl line 2", "not a JSON object")
+    assert (out / "last.npz").read_bytes() == before
+
+
+def test_folder_that_cannot_be_locked_is_not_called_in_use(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts) is not 'in use by another run'."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunDirError, match="cannot lock .*No locks available") as e:
+        RunLock(str(tmp_path))
+    assert "in use" not in str(e.value)

@@ -246,7 +246,9 @@ def download_and_extract(url, md5, data_dir, folder, timeout=60.0, progress=Fals
     The archive goes to a temporary file inside data_dir and is extracted into a temporary
     folder there; only when everything has succeeded is `folder` renamed into place, so a failed
     download or a wrong checksum leaves no half-written data set behind, and no folder that this
-    call created (data_dir and its missing parents are removed again). Archive members with an
+    call created (data_dir and its missing parents are removed again). When another process
+    (a data-parallel rank, a second run) has put `folder` there in the meantime, its copy is
+    kept and this one dropped. Archive members with an
     absolute path, a '..' component, or that are links or devices are refused.
     """
     created = _missing_parents(data_dir)
@@ -328,7 +330,14 @@ def _extract(url, archive, data_dir, folder):
         src = os.path.join(extract_dir, folder)
         if not os.path.isdir(src):
             raise DatasetError(f"archive {url} has no '{folder}' folder")
-        os.replace(src, os.path.join(data_dir, folder))
+        dest = os.path.join(data_dir, folder)
+        try:
+            os.replace(src, dest)
+        except OSError as e:
+            if not os.path.isdir(dest):
+                raise DatasetError(f"cannot move {folder} into {data_dir}: "
+                                   f"{e.strerror or e}") from None
+            # another process (a data-parallel rank, a second run) put it there first: keep it
     finally:
         shutil.rmtree(extract_dir, ignore_errors=True)
 

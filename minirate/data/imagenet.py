@@ -24,7 +24,10 @@ Every problem with the files is a `DatasetError` whose message is one line namin
 import collections
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -43,7 +46,7 @@ def scan_split(root, split, classes=None):
     if not os.path.isdir(folder):
         raise DatasetError(f"ImageNet folder {folder} not found (expected {root}/train/<wnid>/"
                            f"*.JPEG and {root}/val/<wnid>/*.JPEG)")
-    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    found = sorted(d for d in _listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if classes is None:
         classes = found
     unknown = sorted(set(found) - set(classes))
@@ -52,13 +55,20 @@ def scan_split(root, split, classes=None):
     index = {wnid: k for k, wnid in enumerate(classes)}
     paths, labels = [], []
     for wnid in found:
-        for name in sorted(os.listdir(os.path.join(folder, wnid))):
+        for name in sorted(_listdir(os.path.join(folder, wnid))):
             if name.lower().endswith(EXTENSIONS):
                 paths.append(os.path.join(folder, wnid, name))
                 labels.append(index[wnid])
     if not paths:
         raise DatasetError(f"no images (*.JPEG) in the class folders of {folder}")
     return paths, np.array(labels, dtype=np.int64), classes
+
+
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError as e:
+        raise DatasetError(f"cannot list {folder}: {e.strerror or e}") from None
 
 
 def load_imagenet(data_dir):
@@ -117,6 +127,33 @@ def decode(path, train, size, resize, seed):
         left, top = int(round((w - size) / 2)), int(round((h - size) / 2))
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
+
+
+def _forkserver():
+    """The forkserver context; its server, when this call starts it, ignores SIGINT.
+
+    A terminal's Ctrl-C reaches the whole process group, decoding workers included; only the
+    training process should act on it (minirate/interrupt.py: stop after the step, then shut the
+    workers down). A process started with SIGINT ignored keeps it ignored (Python installs its
+    KeyboardInterrupt handler only over the default), and the server hands that disposition to
+    every worker it forks: ignored from the worker's first instruction, during its start-up too.
+    Meanwhile SIGINT is blocked here, so a Ctrl-C in that moment waits instead of being lost.
+    SIGTERM keeps its default: the pool needs it to end the workers of a broken pool.
+    """
+    if threading.current_thread() is threading.main_thread():
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    return multiprocessing.get_context("forkserver")
+
+
+def _ignore_sigint():
+    """In a decoding worker, once it runs (see `_forkserver`; for a server started elsewhere)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decode_many(paths, seeds, train, size, resize):
@@ -201,7 +238,7 @@ class ImageFolderLoader:
                 pieces, y = self._pieces(epoch, b, order)
                 yield self._stack([decode_many(*p, *args) for p in pieces]), y
             return
-        pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("forkserver"))
+        pool = ProcessPoolExecutor(self.workers, _forkserver(), initializer=_ignore_sigint)
         in_flight = collections.deque()             # (futures of a batch's pieces, labels)
         try:
             for b in range(start_batch, len(self)):

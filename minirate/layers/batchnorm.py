@@ -219,6 +219,10 @@ def batchnorm_backward(dy, cache, reduce_sum=None):
     return dx, dgamma, dbeta
 
 
+class BatchStatisticsError(ValueError):
+    """A batch too small for batch statistics (one value per channel has no variance)."""
+
+
 class _BatchNorm(Module):
     """Shared implementation; subclasses only name the input ranks they accept."""
 
@@ -260,8 +264,8 @@ class _BatchNorm(Module):
     def update_running(self, mean, var, n):
         """Running-statistics update from a batch's μ and biased σ² over n values per channel."""
         if n < 2:
-            raise ValueError(f"need more than 1 value per channel to update running statistics, "
-                             f"got {n}")
+            raise BatchStatisticsError(f"batchnorm needs more than 1 value per channel for its "
+                                       f"batch statistics, got {n}")
         b = self.buffers
         b["num_batches_tracked"] += 1
         m = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
