@@ -101,7 +101,7 @@ def parse_args(argv=None):
     g.add_argument("--local-blocks", type=positive_int, default=d["local_blocks"],
                    help="train the network as N blocks, each from its own classifier "
                         "(default block starts per --arch: see minirate/models.py)")
-    g.add_argument("--split-at", type=lambda s: [n for n in s.split(",") if n],
+    g.add_argument("--split-at", type=module_names,
                    default=d["split_at"],
                    help="explicit block starts by module name, e.g. layer2,layer3")
     g.add_argument("--loss", choices=("mean", "per-step"), default=d["loss"],
@@ -207,6 +207,14 @@ def parse_args(argv=None):
     return cfg
 
 
+def module_names(text):
+    """--split-at: comma-separated module names, at least one."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no module: {text!r}")
+    return names
+
+
 def option_conflict(cfg):
     """What single-option ranges cannot say: limits that involve two options. None if fine."""
     if cfg["momentum"] >= 1:
@@ -241,10 +249,16 @@ def option_conflict(cfg):
     if cfg["loss"] == "per-step" and (cfg["method"] == "tbptt" or local):
         return ("argument --loss per-step: tbptt and local blocks train with a loss per window "
                 "and per block")
+    if cfg["step_mode"] != "m" and cfg["method"] not in ("bptt", "tbptt"):
+        return (f"argument --step-mode: for bptt and tbptt ({cfg['method']} has its own: "
+                f"rate_m / rate_s choose the spike pass, sltt and ottt step one at a time)")
+    try:                          # channel counts, and block starts: the architecture's layout
+        probe = build_model(cfg["arch"], 10, cfg["width"])
+    except ValueError as e:
+        return str(e)
     if local:
-        try:                      # block starts depend only on the architecture's layout
-            resolve_splits(build_model(cfg["arch"], width=1 / 16), cfg["local_blocks"],
-                           cfg["split_at"])
+        try:
+            resolve_splits(probe, cfg["local_blocks"], cfg["split_at"])
         except ValueError as e:
             return f"argument --{'split-at' if cfg['split_at'] else 'local-blocks'}: {e}"
     if not cfg["roll"] < cfg["frame_size"]:
