@@ -1,0 +1,46 @@
+"""The best-of-N time of one training step (forward + backward, no optimizer), per method, of
+the minirate found at --repo (default: this checkout). Run it on two checkouts in turn to see
+whether a change made the step slower, on a shared machine where only a side-by-side,
+alternating comparison means anything:
+
+    for r in 1 2 3; do python benchmarks/step_time.py --repo OLD; python benchmarks/step_time.py; done
+"""
+import argparse
+import os
+import sys
+import time
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+p.add_argument("--arch", default="resnet18")
+p.add_argument("--batch-size", type=int, default=16)
+p.add_argument("--T", type=int, default=4)
+p.add_argument("--methods", default="bptt,rate_m")
+p.add_argument("--repeats", type=int, default=3)
+a = p.parse_args()
+sys.path.insert(0, os.path.abspath(a.repo))
+
+import numpy as np  # noqa: E402
+from minirate.backend import get_xp  # noqa: E402
+from minirate.methods import make_method  # noqa: E402
+from minirate.models import build_model  # noqa: E402
+
+get_xp("cpu")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(a.batch_size, 3, 32, 32)).astype(np.float32)
+y = rng.integers(0, 10, a.batch_size)
+cells = []
+for name in a.methods.split(","):
+    model = build_model(a.arch, 10, 1.0, seed=0)
+    model.to(np, np.float32)
+    method = make_method(name, model, a.T)
+    model.zero_grad()
+    method.step(x, y)                       # warm-up
+    times = []
+    for _ in range(a.repeats):
+        model.zero_grad()
+        t0 = time.perf_counter()
+        method.step(x, y)
+        times.append(time.perf_counter() - t0)
+    cells.append(f"{name} {min(times):.3f} s")
+print(f"{a.repo}: {a.arch}, batch {a.batch_size}, T={a.T}: " + ", ".join(cells), flush=True)
