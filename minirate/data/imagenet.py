@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from .cifar import DatasetError
+from .loader import epoch_order
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -206,10 +207,7 @@ class ImageFolderLoader:
 
     def order(self, epoch):
         """Indices of the files in epoch `epoch`, in the order they are served."""
-        if not self.train:
-            return np.arange(len(self.paths))
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, 0)))
-        return rng.permutation(len(self.paths))
+        return epoch_order(len(self.paths), self.seed, epoch, self.train)
 
     def _pieces(self, epoch, b, order):
         """This process's part of batch b as `workers` (paths, seeds) pieces, and its labels."""

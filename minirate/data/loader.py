@@ -28,6 +28,16 @@ class _WorkerError:
         self.exc = exc
 
 
+def epoch_order(n, seed, epoch, train):
+    """The order in which n samples are served in epoch `epoch`: a permutation drawn from
+    (seed, epoch) when training, 0..n-1 otherwise. Every loader uses this one rule, so the data
+    order of a run depends only on the seed, never on how the samples are read."""
+    if not train:
+        return np.arange(n)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch, 0)))
+    return rng.permutation(n)
+
+
 class Loader:
     """Iterate (float32 (B, C, H, W) normalised images, int64 (B,) labels) batches.
 
@@ -87,10 +97,7 @@ class Loader:
 
     def order(self, epoch):
         """Indices of the images in epoch `epoch`, in the order they are served."""
-        if not self.train:
-            return np.arange(len(self.x))
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, 0)))
-        return rng.permutation(len(self.x))
+        return epoch_order(len(self.x), self.seed, epoch, self.train)
 
     def make_batch(self, epoch, b, order):
         """Batch b of an epoch given that epoch's order: (float32 (B, C, H, W), int64 (B,))."""
