@@ -231,6 +231,10 @@ def option_conflict(cfg):
         return f"argument --cutout: {cfg['cutout']} px is larger than the 32-px image"
     if not cfg["out"].strip():
         return "argument --out: must name a folder"
+    if cfg["dataset"] == "imagenet" and not (cfg["crop"] and cfg["flip"]) or (
+            cfg["dataset"] == "imagenet" and (cfg["cutout"] or cfg["autoaugment"])):
+        return ("--crop, --flip, --cutout and --autoaugment are CIFAR's; ImageNet training always "
+                "uses RandomResizedCrop and a flip")
     if cfg["sltt_k"] is not None and cfg["method"] != "sltt":
         return "argument --sltt-k: only for --method sltt"
     if cfg["sltt_k"] is not None and cfg["sltt_k"] > cfg["T"]:

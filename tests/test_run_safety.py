@@ -185,6 +185,8 @@ def test_second_ctrl_c_quits_with_one_line_and_keeps_the_checkpoint(tmp_path, sy
     (["--roll", "48"], ["--roll", "--frame-size"]),
     (["--method", "sltt", "--step-mode", "s"], ["--step-mode", "bptt and tbptt"]),
     (["--split-at", ","], ["--split-at", "names no module"]),
+    (["--dataset", "imagenet", "--no-flip"], ["--flip", "ImageNet"]),
+    (["--dataset", "imagenet", "--cutout", "8"], ["--cutout", "ImageNet"]),
     (["--width", "0.02", "--arch", "small"], ["--width 0.02", "16-channel", "0.03125"]),
 ])
 def test_out_of_range_options(tmp_path, args, words):
