@@ -114,7 +114,8 @@ def trace(model, input_shape, spike_input=False, pooled_spikes=False):
 
     def run(layer, h):
         out = layer.forward(h)[0] if isinstance(layer, SHAPED) else h.copy()
-        keep.append(out)                        # ids stay unique while the trace runs
+        keep.extend((h, out))                   # ids stay unique while the trace runs: a
+        # residual sum made inside a block would otherwise be freed, and its id reused
         name, src = names[id(layer)], made_by.get(id(h), "?")
         if id(h) not in made_by and ops:        # no traced layer made h: a residual sum
             src = _residual_add(ops, blocks, h) or src
