@@ -50,3 +50,26 @@ def check_entries(x, seed=0):
         return None
     flat = np.random.default_rng(seed).choice(x.size, GPU_ENTRIES, replace=False)
     return [tuple(int(v) for v in np.unravel_index(i, x.shape)) for i in np.sort(flat)]
+
+
+def check_method_gradients(net, method, x, y, loss_fn, dy, value=1, h=1e-5, tol=1e-6):
+    """Every parameter gradient one `method.step(x, y, loss_fn)` adds, against central
+    differences of sum(method.step(...)[value] * dy): `value` 1 (the logits) with a random `dy`
+    for a random-upstream loss, or 0 (the loss itself) with dy = 1 for a real scalar loss.
+    Each gradient must be non-zero somewhere, or the check would prove nothing. Returns the
+    analytic gradients {name: array}."""
+    net.zero_grad()
+    method.step(x, y, loss_fn)
+    analytic = {name: g.copy() for name, _, g, _ in net.parameters()}
+
+    def f():
+        net.zero_grad()
+        return method.step(x, y, loss_fn)[value]
+
+    for name, p, _, _ in net.parameters():
+        entries = check_entries(p)
+        num = numerical_grad(f, p, dy, h=h, entries=entries)
+        err = rel_error(analytic[name], num, entries)
+        assert err < tol, f"{name}: relative error {err:.2e}"
+        assert float(abs(num).max()) > 0, f"{name}: zero gradient, the check would prove nothing"
+    return analytic
