@@ -69,6 +69,7 @@ from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .layers.residual import PreActBlock, SEWBlock
+from .methods.local import spread_evenly
 
 COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
 FORWARD, BACKWARD = ("fwd", "spike", "rate", "trace"), ("bwd", "rate_bwd", "sbwd", "tbwd")
@@ -192,11 +193,10 @@ def default_split(ops, local_blocks, candidates=None):
     if local_blocks <= 1:
         return []
     cands = list(candidates) if candidates is not None else split_candidates(ops)
-    M = len(cands)
-    if local_blocks - 1 > M:
+    if local_blocks - 1 > len(cands):
         raise ValueError(f"{local_blocks} local blocks need {local_blocks - 1} split points; "
-                         f"this model has {M}: {', '.join(cands) or 'none'}")
-    return [cands[i * (M + 1) // local_blocks - 1] for i in range(1, local_blocks)]
+                         f"this model has {len(cands)}: {', '.join(cands) or 'none'}")
+    return spread_evenly(cands, local_blocks)
 
 
 def _start(ops, name):

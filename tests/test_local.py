@@ -304,3 +304,14 @@ def test_aux_heads_follow_the_seed():
         make_method("bptt", model, 2, local_blocks=3, seed=seed)
         return model.state_dict()["aux.1.2.weight"]
     assert np.array_equal(head(1), head(1)) and not np.array_equal(head(1), head(2))
+
+
+def test_local_method_reports_the_block_starts_it_uses():
+    """The cost count (and the studies) split where the method really splits: explicit names,
+    or the model's default starts spread evenly."""
+    from minirate.study.common import split_points
+    net = build_model("resnet18", 10, 1 / 16, seed=0)
+    assert split_points(make_method("bptt", net, 2, split_at=["layer3"])) == ["layer3"]
+    net = build_model("resnet18", 10, 1 / 16, seed=0)
+    assert split_points(make_method("bptt", net, 2, local_blocks=3)) == ["layer1", "layer3"]
+    assert split_points(make_method("bptt", build_model("small", 10, 0.25), 2)) is None

@@ -81,6 +81,13 @@ def split_candidates(model):
     return {name: i for name, i in first.items() if 1 <= i < last}
 
 
+def spread_evenly(candidates, num_blocks):
+    """The N − 1 block starts N blocks take from M candidate starts, spread evenly: start i
+    (1 ≤ i < N) is candidate ⌊i (M + 1) / N⌋ − 1."""
+    M = len(candidates)
+    return [candidates[i * (M + 1) // num_blocks - 1] for i in range(1, num_blocks)]
+
+
 def resolve_splits(model, num_blocks=1, split_at=None):
     """Unit indices where blocks 2..N start, from explicit names or N evenly spread defaults.
 
@@ -104,7 +111,7 @@ def resolve_splits(model, num_blocks=1, split_at=None):
     if not 1 <= num_blocks <= M + 1:
         raise ValueError(f"local blocks must be between 1 and {M + 1} for this network "
                          f"(block starts: {', '.join(model.split_points) or 'none'})")
-    chosen = [model.split_points[(i * (M + 1)) // num_blocks - 1] for i in range(1, num_blocks)]
+    chosen = spread_evenly(model.split_points, num_blocks)
     return resolve_splits(model, 1, chosen) if chosen else []
 
 
@@ -180,6 +187,9 @@ class LocalBlocks:
         edges = [0] + starts + [len(pieces)]
         heads = attach_aux_heads(model, [_channels(pieces[:s]) for s in starts], seed)
         self.model, self.T = model, T
+        # the module names where blocks 2..N start (what the cost count splits at)
+        self.split_at = list(split_at) if split_at else spread_evenly(model.split_points,
+                                                                      num_blocks)
         self.blocks = [Block(pieces[a:b], heads.children[str(i)] if b < len(pieces) else None,
                              record=b < len(pieces))
                        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]

@@ -251,8 +251,8 @@ def loss_for(spec, loss_lambda):
 
 
 def split_points(method):
-    """The block starts (module names) a local method reports as its `split_at`, or None: the
-    cost model then takes its own default (`costs.default_split`)."""
+    """The block starts (module names) a local method reports as its `split_at` (LocalBlocks),
+    or None for a whole-network method."""
     names = getattr(method, "split_at", None)
     if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
         return list(names)
