@@ -35,11 +35,16 @@ Synchronised batchnorm (data-parallel training): when the batch is split over se
 one of the whole batch. Forward sums n and Σ x, then Σ (x − μ)²; backward sums n, Σ dy and
 Σ dy · (x − μ), so dx is the derivative over the whole batch. dγ, dβ stay this process's own sums:
 the gradient all-reduce adds them up with every other gradient.
+
+On a GPU (minirate/fused.py) the elementwise passes are one kernel each, their CUDA C beside the
+NumPy code they mirror: the centring x − μ, the affine map y = x · scale + shift, and backward's
+dx = dy · per_dy − (x − μ) · per_xc − per_one; the per-channel sums stay the array module's own.
 """
 from typing import NamedTuple
 
 import numpy as np
 
+from .. import fused
 from ..backend import cpu_map, cpu_ranges, get_array_module
 from .base import Module
 
@@ -65,6 +70,21 @@ def _per_channel(v, x):
 def _count(x):
     """Number n of values per channel."""
     return x.size // x.shape[1]
+
+
+def _per_channel_arg(v, x):
+    """(C,) -> (C,) contiguous, in x's dtype: a per-channel argument of a kernel below."""
+    xp = get_array_module(x)
+    return xp.ascontiguousarray(v.astype(x.dtype, copy=False).reshape(-1))
+
+
+def _launch_per_element(code, name, x, *args):
+    """Launch kernel `name` over the elements of x (N, C, ...), C-contiguous; the kernel finds
+    an element's channel as (i / inner) % C, inner = the number of values per (sample, channel)."""
+    xp = get_array_module(x)
+    inner = x.size // max(1, x.shape[0] * x.shape[1])
+    fused.launch(xp, code, name, x.size, x.dtype, *args,
+                 np.int32(x.size), np.int32(x.shape[1]), np.int32(inner))
 
 
 def _channel_dot(a, b):
@@ -107,16 +127,44 @@ def _centred_stats(x, reduce_sum=None):
     n, total = _sum_over_processes(reduce_sum, _count(x),
                                    sum(_by_samples(lambda a, b: x[a:b].sum(axis=axes), x)))
     mean = total / n
-    xc = xp.empty_like(x)
+    if fused.fusable(xp, x):
+        xc = _centre(x, mean)
+        sq = _channel_dot(xc, xc)
+    else:
+        xc = xp.empty_like(x)
 
-    def centre(a, b):                     # x − μ for these samples, and their Σ (x − μ)²
-        xp.subtract(x[a:b], _per_channel(mean, x), out=xc[a:b])
-        return _channel_dot(xc[a:b], xc[a:b])
+        def centre(a, b):                 # x − μ for these samples, and their Σ (x − μ)²
+            xp.subtract(x[a:b], _per_channel(mean, x), out=xc[a:b])
+            return _channel_dot(xc[a:b], xc[a:b])
 
-    sq = sum(_by_samples(centre, x))
+        sq = sum(_by_samples(centre, x))
     if reduce_sum is not None:
         sq = _sum_over_processes(reduce_sum, 0, sq)[1]
     return mean, sq / n, xc, n
+
+
+CENTRE_CUDA = r"""
+// xc = x − μ_c, x and xc (N, C, inner) C-order, mean (C,)
+extern "C" __global__ void batchnorm_centre(const real* x, const real* mean, real* xc,
+                                            int n, int C, int inner) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned int)n;
+         i += blockDim.x * gridDim.x) {
+        int c = (i / inner) % C;
+        xc[i] = x[i] - mean[c];
+    }
+}
+"""
+
+
+def _centre(x, mean):
+    """x − μ with the per-channel (C,) μ, like x; on a GPU one kernel (CENTRE_CUDA)."""
+    xp = get_array_module(x)
+    if not fused.fusable(xp, x):
+        return x - _per_channel(mean, x)
+    x = xp.ascontiguousarray(x)
+    xc = xp.empty_like(x)
+    _launch_per_element(CENTRE_CUDA, "batchnorm_centre", x, x, _per_channel_arg(mean, x), xc)
+    return xc
 
 
 def batchnorm_stats(x, reduce_sum=None):
@@ -130,9 +178,30 @@ def _inv_std(var, eps, x):
     return (1 / xp.sqrt(var.astype(x.dtype, copy=False) + eps)).astype(x.dtype, copy=False)
 
 
+AFFINE_CUDA = r"""
+// y = x · scale_c + shift_c, x and y (N, C, inner) C-order, scale and shift (C,)
+extern "C" __global__ void batchnorm_affine(const real* x, const real* scale, const real* shift,
+                                            real* y, int n, int C, int inner) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned int)n;
+         i += blockDim.x * gridDim.x) {
+        int c = (i / inner) % C;
+        real v = x[i] * scale[c];
+        y[i] = v + shift[c];
+    }
+}
+"""
+
+
 def _affine(x, scale, shift):
-    """y = x · scale + shift with per-channel (C,) scale and shift, sample ranges on the threads."""
+    """y = x · scale + shift with per-channel (C,) scale and shift, sample ranges on the threads;
+    on a GPU one kernel (AFFINE_CUDA)."""
     xp = get_array_module(x)
+    if fused.fusable(xp, x):
+        x = xp.ascontiguousarray(x)
+        y = xp.empty_like(x)
+        _launch_per_element(AFFINE_CUDA, "batchnorm_affine", x, x, _per_channel_arg(scale, x),
+                            _per_channel_arg(shift, x), y)
+        return y
     scale, shift = _per_channel(scale, x), _per_channel(shift, x)
     y = xp.empty_like(x)
 
@@ -160,7 +229,7 @@ def batchnorm_forward(x, gamma, beta, mean, var, eps, batch_stats, x_centred=Non
     x (N, C, ...) -> y like x.
     """
     inv_std = _inv_std(var, eps, x)
-    xc = x - _per_channel(mean, x) if x_centred is None else x_centred
+    xc = _centre(x, mean) if x_centred is None else x_centred
     y = _affine(xc, gamma.astype(x.dtype, copy=False) * inv_std, beta)   # (x − μ)·(γ s) + β
     return y, BatchNormCache(xc, inv_std, gamma, bool(batch_stats), None)
 
@@ -207,6 +276,8 @@ def batchnorm_backward(dy, cache, reduce_sum=None):
     per_dy, per_xc, per_one = (_per_channel(v, dy) for v in
                                (scale, scale * inv_std * dgamma_all / n_all,
                                 scale * offset / n_all))
+    if fused.fusable(xp, dy, xc):
+        return _backward_dx_fused(dy, xc, per_dy, per_xc, per_one, cache.batch_stats), dgamma, dbeta
     dx = xp.empty_like(dy)
 
     def grad(a, b):                       # dx for these samples
@@ -217,6 +288,38 @@ def batchnorm_backward(dy, cache, reduce_sum=None):
 
     _by_samples(grad, dy)
     return dx, dgamma, dbeta
+
+
+BACKWARD_DX_CUDA = r"""
+// dx = dy · per_dy_c − xc · per_xc_c − per_one_c (batch statistics), or dy · per_dy_c (constants);
+// dy, xc, dx (N, C, inner) C-order, the per-channel numbers (C,)
+extern "C" __global__ void batchnorm_backward_dx(const real* dy, const real* xc,
+                                                 const real* per_dy, const real* per_xc,
+                                                 const real* per_one, real* dx, int batch_stats,
+                                                 int n, int C, int inner) {
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned int)n;
+         i += blockDim.x * gridDim.x) {
+        int c = (i / inner) % C;
+        real d = dy[i] * per_dy[c];
+        if (batch_stats) {
+            d = d - xc[i] * per_xc[c];
+            d = d - per_one[c];
+        }
+        dx[i] = d;
+    }
+}
+"""
+
+
+def _backward_dx_fused(dy, xc, per_dy, per_xc, per_one, batch_stats):
+    """batchnorm_backward's dx in one kernel (BACKWARD_DX_CUDA); per_* (1, C, 1, ...)."""
+    xp = get_array_module(dy)
+    dy, xc = xp.ascontiguousarray(dy), xp.ascontiguousarray(xc)
+    dx = xp.empty_like(dy)
+    _launch_per_element(BACKWARD_DX_CUDA, "batchnorm_backward_dx", dy, dy, xc,
+                        *(_per_channel_arg(v, dy) for v in (per_dy, per_xc, per_one)), dx,
+                        np.int32(bool(batch_stats)))
+    return dx
 
 
 class BatchStatisticsError(ValueError):

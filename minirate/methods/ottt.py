@@ -74,8 +74,7 @@ class OTTT(SLTT):
             a = traced[id(h)][1] if id(h) in traced else None
             if isinstance(layer, LIF):
                 u_prev, a_prev = state.get(layer, (None, None))
-                out, u_post, cache = layer.step(h, u_prev)
-                a_out = out if a_prev is None else layer.p.decay * a_prev + out
+                out, u_post, cache, a_out = layer.step_traced(h, u_prev, a_prev)
                 state[layer] = (u_post, a_out)
                 traced[id(out)] = (out, a_out)
             else:
