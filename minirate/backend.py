@@ -3,6 +3,11 @@
 No other file imports CuPy. Op bodies ask `get_array_module(x)` for the array module of their
 inputs and stay generic; the device itself is an explicit choice (`--device cpu|cuda`).
 
+Test devices: the tests register a host-memory stand-in for CuPy (`register_test_device`, e.g.
+"strict", tests/strict_cupy) that refuses what CuPy refuses; once registered in a process,
+`get_xp`, `get_array_module`, `to_numpy`, `to_device`, `synchronize` and the `--device` options
+of train.py and the study (`devices()`) know it like "cuda". Nothing in minirate registers one.
+
 CPU threads: NumPy's own loops (the copies of im2col, elementwise maths) run on one core, and
 only its BLAS spreads a matrix multiply over several. The heavy layers (convolution,
 batchnorm, LIF) therefore split their work into one contiguous range per core (`cpu_ranges`:
@@ -16,6 +21,7 @@ Python and BLAS keeps its own threads.
 """
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -31,19 +37,36 @@ except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
     _cupy = None
 
 DEVICES = ("cpu", "cuda")
+_test_devices = {}          # name -> (array module, its array class), see register_test_device
 
 
 class DeviceError(RuntimeError):
     """The requested device cannot be used (no CuPy, or no GPU)."""
 
 
+def register_test_device(name, module, array_type):
+    """Tests only: make device `name` the CuPy-like array `module` whose arrays are of class
+    `array_type` (a stand-in for CuPy in host memory), in this process."""
+    if name in DEVICES:
+        raise ValueError(f"{name!r} is a real device")
+    _test_devices[name] = (module, array_type)
+
+
+def devices():
+    """The device names --device accepts: cpu, cuda, and any test device registered."""
+    return DEVICES + tuple(_test_devices)
+
+
 def get_xp(device):
-    """Array module for a device name: numpy for 'cpu', cupy for 'cuda'."""
+    """Array module for a device name: numpy for 'cpu', cupy for 'cuda', a registered test
+    device's module by its name."""
     if device == "cpu":
         cpu_threads()           # settle the threads (and BLAS's) before the first operation
         return np
+    if device in _test_devices:
+        return _test_devices[device][0]
     if device != "cuda":
-        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+        raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(devices())}")
     if _cupy is None:
         raise DeviceError("--device cuda needs CuPy (pip install cupy-cuda12x or cupy-cuda13x), "
                           "which is not installed")
@@ -56,8 +79,19 @@ def get_xp(device):
     return _cupy
 
 
+def _test_module(x):
+    """The registered test module whose array `x` is, or None."""
+    for module, array_type in _test_devices.values():
+        if isinstance(x, array_type):
+            return module
+    return None
+
+
 def get_array_module(x):
-    """numpy or cupy, whichever owns array `x`."""
+    """numpy or cupy (or a registered test module), whichever owns array `x`."""
+    test_module = _test_module(x) if _test_devices else None
+    if test_module is not None:
+        return test_module
     if _cupy is not None:
         return _cupy.get_array_module(x)
     return np
@@ -67,6 +101,9 @@ def to_numpy(x):
     """A NumPy copy of `x` (no copy when it already is a NumPy array)."""
     if _cupy is not None and isinstance(x, _cupy.ndarray):
         return _cupy.asnumpy(x)
+    test_module = _test_module(x) if _test_devices else None
+    if test_module is not None:
+        return test_module.asnumpy(x)
     return np.asarray(x)
 
 
@@ -186,3 +223,22 @@ def cpu_map(fn, arg_tuples):
             return fn(*args)
 
     return list(_cpu["pool"].map(call, arg_tuples))
+
+
+def nccl_module(xp):
+    """(nccl, None): the NCCL binding of device array module `xp` (cupy.cuda.nccl); or
+    (None, why) when there is none to use (NumPy, a CuPy built without NCCL, no libnccl)."""
+    if xp is np:
+        return None, "NumPy arrays are reduced by MPI"
+    try:
+        with warnings.catch_warnings():          # CuPy warns when it cannot load libnccl
+            warnings.simplefilter("ignore")
+            if _cupy is not None and xp is _cupy:
+                import cupy.cuda.nccl as nccl
+            else:
+                nccl = xp.cuda.nccl              # a stand-in module registered by the tests
+    except Exception as e:                       # ImportError, AttributeError
+        return None, f"no NCCL binding ({e})"
+    if not getattr(nccl, "available", False):
+        return None, "CuPy cannot load the NCCL library (pip install nvidia-nccl-cu13)"
+    return nccl, None

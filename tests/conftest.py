@@ -29,9 +29,11 @@ def _gpu_unusable():
     return None
 
 
-@pytest.fixture(params=["numpy", "cupy"])
+@pytest.fixture(params=["numpy", "cupy", "strict"])
 def xp(request):
-    """The array module a test runs on: numpy, then cupy (skipped, saying why, without a GPU).
+    """The array module a test runs on: numpy, cupy (skipped, saying why, without a GPU), and
+    strict: the host-memory stand-in for CuPy (tests/strict_cupy), which refuses whatever CuPy
+    refuses, so that every op's CuPy path is exercised on any machine.
 
     Tests take their data from NumPy generators and move it with `xp.asarray`; results come back
     for comparison through `minirate.backend.to_numpy`.
@@ -39,6 +41,9 @@ def xp(request):
     if request.param == "numpy":
         import numpy
         return numpy
+    if request.param == "strict":
+        from tests.strict_cupy import register
+        return register()
     reason = _gpu_unusable()
     if reason is not None:
         pytest.skip(f"cupy: {reason}")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import DEVICES, synchronize
+from ..backend import devices, synchronize
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..cli import positive_float, positive_int, unit_interval
 from ..costs import method_costs
@@ -394,7 +394,7 @@ def add_common_options(s, batch_size, from_checkpoint=False):
     names them), --out. from_checkpoint: the data options default to those in the checkpoint's
     config (see `data_source`)."""
     s.add_argument("--batch-size", type=positive_int, default=batch_size, help="samples")
-    s.add_argument("--device", choices=DEVICES, default="cpu", help="cuda needs CuPy")
+    s.add_argument("--device", choices=devices(), default="cpu", help="cuda needs CuPy")
     own = " (default: the checkpoint's own, else %s)" % SAMPLE if from_checkpoint else ""
     s.add_argument("--dataset", choices=DATASETS, default=None if from_checkpoint else SAMPLE,
                    help=f"images or event frames{own}; {SAMPLE} ships with minirate (no "
