@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from minirate.backend import DEVICES, DeviceError, get_xp, synchronize, to_numpy
+from minirate.backend import DeviceError, devices, get_xp, synchronize, to_numpy
 from minirate.cli import (ArgumentParser, finite_float, nonnegative_float, nonnegative_int,
                           positive_float, positive_int, unit_interval)
 from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
@@ -177,7 +177,7 @@ def parse_args(argv=None):
                    help="evaluation batch size")
     g.add_argument("--seed", type=nonnegative_int, default=d["seed"],
                    help="seed of the weights, the data order and the augmentation")
-    g.add_argument("--device", choices=DEVICES, default=d["device"], help="cpu or cuda")
+    g.add_argument("--device", choices=devices(), default=d["device"], help="cpu or cuda")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                    help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
@@ -344,6 +344,9 @@ def main(argv=None):
 
     log("config:", json.dumps(cfg, sort_keys=True))
     xp = get_xp(cfg["device"])
+    reduction = comm.use_device(xp)      # under MPI on GPUs: this rank's GPU, NCCL or host MPI
+    if reduction:
+        log(reduction)
     dtype = np.dtype(cfg["dtype"])
 
     # -- data -------------------------------------------------------------------------------
@@ -416,8 +419,9 @@ def main(argv=None):
     log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, T={cfg['T']}, "
         f"{title}: {n_train} training and {n_test} test samples, {steps_per_epoch} "
         f"steps/epoch, device {cfg['device']}")
-    if comm.size > 1:
-        log(f"data-parallel: {comm.size} ranks, {cfg['batch_size'] // comm.size} images each "
+    if not comm.alone:
+        log(f"data-parallel: {comm.size} rank{'s' if comm.size > 1 else ''}, "
+            f"{cfg['batch_size'] // comm.size} images each "
             f"per step, batchnorm {'synchronised' if cfg['sync_bn'] else 'per rank'}")
 
     # -- output folder: one run at a time, never replaced by accident (rank 0 alone writes) ---

@@ -13,14 +13,19 @@
 #   0 env          GPU, driver, CuPy / PyTorch versions, which Python packages import
 #   1 tests        the test suite's CuPy half: python -m pytest -k cupy (every layer gradient
 #                  check and method test on the GPU; skip reasons listed)
+#   1b fused       benchmarks/fused_check.py: each fused kernel against the unfused CuPy ops on the
+#                  same inputs (float64 <= 1e-12) and both timed
 #   2 agreement    benchmarks/gpu_cpu_agreement.py --devices cpu,cuda: float64 gradients of every
 #                  method (<= 1e-10) and a float32 loss curve on both
 #   3 train        train.py --device cuda on the bundled sample (must learn), its checkpoint
 #                  resumed on the CPU, and the CPU's resumed on the GPU again
+#   3b nccl        benchmarks/nccl_check.py: one MPI rank all-reducing through a one-GPU NCCL
+#                  communicator equals the run without MPI (float64, bitwise)
 #   4 torch        benchmarks/compare_torch.py --device cuda: step time and peak memory ratios
 #                  against plain PyTorch, resnet18, batch 128, T = 4, 8, bptt and rate_m
 #   5 memory_time  python -m minirate.study memory-time --device cuda, resnet18, T = 1, 2, 4, 8
-#   6 profile      benchmarks/profile_step.py: share of conv, LIF, batchnorm, launches in a step
+#   6 profile      benchmarks/profile_step.py: share of conv, LIF, batchnorm, launches in a step,
+#                  with the fused kernels (MINIRATE_FUSED=1) and without (MINIRATE_FUSED=0)
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -76,12 +81,16 @@ if [ "$DEVICE" = cuda ]; then
     TORCH="--device cuda --T 4 8 --batch-size 128 --repeats 5"
     STUDY="--device cuda --arch resnet18 --batch-size 128 --T 1,2,4,8 --methods bptt,rate_m,rate_s"
     PROF="--device cuda --arch resnet18 --batch-size 128 --T 4 --methods bptt rate_m"
+    FUSED="--device cuda"
+    NCCL="--device cuda --expect nccl"
 else            # the same stages on the CPU, sized to take seconds
     AGREE="--devices cpu,cpu --steps 3 --batch-size 8"
     TRAIN="--arch small --width 0.5 --T 1 --batch-size 50 --lr 0.1"
     TORCH="--device cpu --T 1 --batch-size 2 --repeats 1"
     STUDY="--device cpu --arch small --width 0.25 --batch-size 4 --T 1,2 --steps 1 --methods bptt,rate_m"
     PROF="--device cpu --arch small --width 0.25 --batch-size 4 --T 2 --methods bptt rate_m"
+    FUSED="--device cpu"
+    NCCL="--device cpu"
 fi
 
 stage env 30 "echo \"python: \$PY\"; nvidia-smi; python -c 'import sys; print(sys.version)';
@@ -89,9 +98,11 @@ for m in numpy cupy torch PIL h5py pytest matplotlib threadpoolctl mpi4py; do
     python -c \"import \$m; print('\$m', getattr(\$m, '__version__', '?'))\" 2>&1 | tail -n 1; done
 python -c 'import cupy; cupy.show_config()' 2>&1 | head -40"
 
-stage tests 240 "python -m pytest -q -rs -p no:cacheprovider -k cupy --maxfail=25 $XDIST tests
+stage tests 200 "python -m pytest -q -rs -p no:cacheprovider -k cupy --maxfail=25 $XDIST tests
 rc=\$?; [ $DEVICE = cpu ] || [ \$rc -ne 0 ] || grep -qE '[0-9]+ passed' '$OUT/tests.log' ||
 { echo 'no CuPy test ran: see the skip reasons above'; exit 4; }; exit \$rc"
+
+stage fused 60 "python benchmarks/fused_check.py $FUSED --out '$OUT/fused'"
 
 stage agreement 75 "python benchmarks/gpu_cpu_agreement.py $AGREE --out '$OUT/agreement'"
 
@@ -106,11 +117,15 @@ python train.py \$R --device $DEVICE --epochs 5 --resume auto || exit 1
 echo 'resumed: the GPU checkpoint on the CPU, then the CPU checkpoint on the GPU'
 exit \$learned"
 
+stage nccl 60 "python benchmarks/nccl_check.py $NCCL --out '$OUT/nccl'"
+
 stage torch 120 "python benchmarks/compare_torch.py $TORCH --json '$OUT/compare_torch.json'"
 
 stage memory_time 90 "python -m minirate.study memory-time $STUDY --out '$OUT/memory_time'"
 
-stage profile 60 "python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile.json'"
+stage profile 90 "MINIRATE_FUSED=1 python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile.json' &&
+echo && echo '-- the same without the fused kernels (MINIRATE_FUSED=0):' &&
+MINIRATE_FUSED=0 python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile_unfused.json'"
 
 echo "" >> "$SUMMARY"
 echo "total: $((SECONDS - START)) s of a budget of $BUDGET s; $FAILED stage(s) failed" >> "$SUMMARY"

@@ -92,10 +92,11 @@ def test_gpu_check_script_keeps_its_budget(tmp_path):
     r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     summary = open(tmp_path / "SUMMARY.md").read()
-    for stage in ("env", "tests", "agreement", "train", "torch", "memory_time", "profile"):
+    for stage in ("env", "tests", "fused", "agreement", "train", "nccl", "torch", "memory_time",
+                  "profile"):
         assert f"| {stage} |" in summary
     assert "| env | ok |" in summary
-    assert summary.count("skipped:") >= 5
+    assert summary.count("skipped:") >= 7
     assert (tmp_path / "env.log").exists() and "numpy" in (tmp_path / "env.log").read_text()
 
 
@@ -143,6 +144,7 @@ def test_gpu_check_script_goes_on_past_failed_stages(tmp_path):
     r = subprocess.run(["bash", script], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1
     summary = open(tmp_path / "SUMMARY.md").read()
-    for stage in ("tests", "agreement", "train", "torch", "memory_time", "profile"):
+    for stage in ("tests", "fused", "agreement", "train", "nccl", "torch", "memory_time",
+                  "profile"):
         assert f"| {stage} | FAILED (exit 1) |" in summary
-    assert "6 stage(s) failed" in summary
+    assert "8 stage(s) failed" in summary
