@@ -2,6 +2,8 @@
 
     python benchmarks/fused_check.py --out runs/fused_check             # CuPy and a GPU
     python benchmarks/fused_check.py --device cpu --batch 2 --size 4 --out /tmp/fc   # dry run
+    python -m tests.strict_run benchmarks/fused_check.py --device strict --batch 2 --size 4 --out /tmp/fc
+                                            # the kernels compiled for the host, on the CPU
 
 Every op that has a kernel (minirate/fused.py) runs twice on the same random inputs, fused and
 unfused (MINIRATE_FUSED=1 / 0), at resnet18-like sizes: by default a CIFAR resnet18's first
@@ -28,7 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from minirate.backend import DEVICES, DeviceError, get_xp, synchronize  # noqa: E402
+from minirate.backend import DeviceError, devices, get_xp, synchronize  # noqa: E402
 from minirate.cli import ArgumentParser, positive_int  # noqa: E402
 from minirate.layers import batchnorm as bn  # noqa: E402
 from minirate.layers.lif import (LIFParams, LIFStepCache, lif_backward, lif_forward,  # noqa: E402
@@ -199,7 +201,9 @@ def markdown(rows, a):
 def parse_args(argv=None):
     p = ArgumentParser(prog="fused_check.py", description=__doc__.split("\n")[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", choices=DEVICES, default="cuda")
+    p.add_argument("--device", choices=devices(), default="cuda",
+                   help="cuda; cpu runs NumPy on both sides (a dry run); the tests' strict "
+                        "stand-in runs the kernels compiled for the host")
     p.add_argument("--batch", type=positive_int, default=128)
     p.add_argument("--T", type=positive_int, default=4)
     p.add_argument("--channels", type=positive_int, default=64)

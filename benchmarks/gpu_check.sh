@@ -11,7 +11,7 @@
 # with under 20 s left is skipped. docs/GPU.md says what each stage measures and what to do with
 # its output.
 #   0 env          GPU, driver, CuPy / PyTorch versions, which Python packages import
-#   1 tests        the test suite's CuPy half: python -m pytest -k cupy (every layer gradient
+#   1 tests        the test suite's CuPy half: pytest -k 'cupy and not strict' (every layer gradient
 #                  check and method test on the GPU; skip reasons listed)
 #   1b fused       benchmarks/fused_check.py: each fused kernel against the unfused CuPy ops on the
 #                  same inputs (float64 <= 1e-12) and both timed
@@ -82,6 +82,7 @@ if [ "$DEVICE" = cuda ]; then
     STUDY="--device cuda --arch resnet18 --batch-size 128 --T 1,2,4,8 --methods bptt,rate_m,rate_s"
     PROF="--device cuda --arch resnet18 --batch-size 128 --T 4 --methods bptt rate_m"
     FUSED="--device cuda"
+    FUSED_RUN=""
     NCCL="--device cuda --expect nccl"
 else            # the same stages on the CPU, sized to take seconds
     AGREE="--devices cpu,cpu --steps 3 --batch-size 8"
@@ -89,20 +90,21 @@ else            # the same stages on the CPU, sized to take seconds
     TORCH="--device cpu --T 1 --batch-size 2 --repeats 1"
     STUDY="--device cpu --arch small --width 0.25 --batch-size 4 --T 1,2 --steps 1 --methods bptt,rate_m"
     PROF="--device cpu --arch small --width 0.25 --batch-size 4 --T 2 --methods bptt rate_m"
-    FUSED="--device cpu"
-    NCCL="--device cpu"
+    FUSED="--device strict --batch 4 --T 2 --channels 8 --size 8 --repeat 2"
+    FUSED_RUN="-m tests.strict_run"      # the kernels compiled for the host, on the stand-in
+    NCCL="--device strict --python '$PY -m tests.strict_run' --expect nccl"   # NCCL stand-in
 fi
 
 stage env 30 "echo \"python: \$PY\"; nvidia-smi; python -c 'import sys; print(sys.version)';
 for m in numpy cupy torch PIL h5py pytest matplotlib threadpoolctl mpi4py; do
     python -c \"import \$m; print('\$m', getattr(\$m, '__version__', '?'))\" 2>&1 | tail -n 1; done
-python -c 'import cupy; cupy.show_config()' 2>&1 | head -40"
+python -W ignore -c 'import cupy, cupy.cuda.nccl; cupy.show_config()' 2>&1 | head -40"
 
-stage tests 200 "python -m pytest -q -rs -p no:cacheprovider -k cupy --maxfail=25 $XDIST tests
+stage tests 200 "python -m pytest -q -rs -p no:cacheprovider -k 'cupy and not strict' --maxfail=25 $XDIST tests
 rc=\$?; [ $DEVICE = cpu ] || [ \$rc -ne 0 ] || grep -qE '[0-9]+ passed' '$OUT/tests.log' ||
 { echo 'no CuPy test ran: see the skip reasons above'; exit 4; }; exit \$rc"
 
-stage fused 60 "python benchmarks/fused_check.py $FUSED --out '$OUT/fused'"
+stage fused 60 "python $FUSED_RUN benchmarks/fused_check.py $FUSED --out '$OUT/fused'"
 
 stage agreement 75 "python benchmarks/gpu_cpu_agreement.py $AGREE --out '$OUT/agreement'"
 

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from minirate.backend import to_numpy
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.methods import make_method
 from minirate.optim import SGD
@@ -27,9 +28,10 @@ def batches(seed=0):
         yield rng.normal(0.5, 1.0, size=(B, 3, 8, 8)), rng.integers(0, 5, size=B)
 
 
-def train(comm, method_name, step_mode, sync):
-    """Grads after the first step and the state after STEPS SGD steps; comm None = one process."""
-    net = tiny_resnet(seed=3)
+def train(comm, method_name, step_mode, sync, xp=np):
+    """Grads after the first step and the state after STEPS SGD steps, on array module `xp`;
+    comm None = one process."""
+    net = tiny_resnet(seed=3, xp=xp)
     if comm is not None and sync:
         sync_batchnorm(net, comm)
     method = make_method(method_name, net, T, step_mode)
@@ -40,11 +42,11 @@ def train(comm, method_name, step_mode, sync):
         if comm is not None:
             x, y = comm.shard(x), comm.shard(y)
         net.zero_grad()
-        method.step(x, y)
+        method.step(xp.asarray(x), xp.asarray(y))
         if comm is not None:
             comm.average_gradients(params)
         if first is None:
-            first = {name: g.copy() for name, _, g, _ in params}
+            first = {name: to_numpy(g).copy() for name, _, g, _ in params}
         opt.step()
     return first, net.state_dict()
 

@@ -14,41 +14,12 @@ Prints `rank R ok: <how gradients were reduced>` on success; a failed check rais
 """
 import sys
 
-import numpy as np
-
-from minirate.backend import to_numpy
-from minirate.distributed import sync_batchnorm, world
-from minirate.methods import make_method
-from minirate.optim import SGD
+from minirate.distributed import world
 from tests import strict_nccl
-from tests.mpi_worker import T, batches, worst_difference
-from tests.nets import tiny_resnet
+from tests.mpi_worker import batches, train, worst_difference
 from tests.strict_cupy import register
 
 METHODS = (("bptt", "m"), ("rate_m", "m"))
-
-
-def train(comm, xp, method_name, step_mode):
-    """Gradients after the first step and the state after a few SGD steps, on module `xp`;
-    comm None: one process on the whole batch."""
-    net = tiny_resnet(seed=3, xp=xp)
-    if comm is not None:
-        sync_batchnorm(net, comm)
-    method = make_method(method_name, net, T, step_mode)
-    params = net.parameters()
-    opt = SGD(params, lr=0.5, momentum=0.9)
-    first = None
-    for x, y in batches():
-        if comm is not None:
-            x, y = comm.shard(x), comm.shard(y)
-        net.zero_grad()
-        method.step(xp.asarray(x), xp.asarray(y))
-        if comm is not None:
-            comm.average_gradients(params)
-        if first is None:
-            first = {name: to_numpy(g).copy() for name, _, g, _ in params}
-        opt.step()
-    return first, net.state_dict()
 
 
 def main(mode):
@@ -70,9 +41,9 @@ def main(mode):
     assert how is not None and "all-reduced by" in how, how
     assert ("by NCCL" in how) == (mode == "nccl"), how
     for method_name, step_mode in METHODS:
-        ref_grads, ref_state = train(None, np, method_name, step_mode)
+        ref_grads, ref_state = train(None, method_name, step_mode, sync=False)
         before = strict_nccl.reductions
-        grads, state = train(comm, strict, method_name, step_mode)
+        grads, state = train(comm, method_name, step_mode, sync=True, xp=strict)
         assert worst_difference(ref_grads, grads) <= 1e-10, (method_name, "grads")
         assert worst_difference(ref_state, state) <= 1e-10, (method_name, "state")
         through_nccl = strict_nccl.reductions - before

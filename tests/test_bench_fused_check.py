@@ -37,3 +37,18 @@ def test_dry_run_on_the_cpu(tmp_path, monkeypatch):
     assert {r["dtype"] for r in rows} == {"float64", "float32"}
     assert all(r["diff"] == 0 and r["spikes"] == 0 and r["ok"] for r in rows)
     assert "| lif_forward/default | float64 |" in (tmp_path / "fused_check.md").read_text()
+
+
+def test_on_strict_the_host_kernels_equal_the_unfused_path(tmp_path, monkeypatch):
+    """On the strict stand-in the fused side really runs the kernels (compiled for the host):
+    float64 within the 1e-12 the GPU check asks, and no spike differs."""
+    from tests.strict_cupy import register
+    register()
+    monkeypatch.delenv("MINIRATE_FUSED", raising=False)
+    rc = fused_check.main(["--device", "strict", "--batch", "2", "--size", "5", "--channels",
+                           "3", "--repeat", "1", "--out", str(tmp_path)])
+    rows = json.load(open(tmp_path / "fused_check.json"))["rows"]
+    assert rc == 0 and len(rows) == 2 * len(fused_check.op_table(4))
+    f64 = [r for r in rows if r["dtype"] == "float64"]
+    assert all(r["ok"] and r["diff"] <= 1e-12 and r["spikes"] == 0 for r in f64), f64
+    assert any(r["diff"] > 0 for r in rows)          # the two sides are different code

@@ -90,3 +90,51 @@ def test_two_ranks_on_strict_through_host_mpi(tmp_path):
     assert "through host memory" in r.stdout and "2 ranks, 4 images each" in r.stdout
     a, b = _weights(tmp_path / "one" / "last.npz"), _weights(tmp_path / "two" / "last.npz")
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-10
+
+
+KERNELS = {"lif_forward", "lif_backward", "lif_forward_rate", "lif_rate_step", "lif_step",
+           "lif_step_backward", "batchnorm_centre", "batchnorm_affine", "batchnorm_backward_dx"}
+
+
+def test_strict_runs_every_fused_kernel_and_matches_the_unfused_path(monkeypatch):
+    """On the stand-in (as on a GPU) the ops take their fused kernels: one float64 step of each
+    method launches every kernel, and the same steps with MINIRATE_FUSED=0 launch none and give
+    the same loss and gradients to 1e-12 (the kernels run on the host through RawKernel)."""
+    from minirate.backend import to_numpy
+    from minirate.methods import make_method
+    from tests.nets import random_upstream_loss, tiny_resnet
+    from tests.strict_cupy import register
+    from tests.strict_cupy._module import RawKernel
+    xp = register()
+    launched = []
+    real_call = RawKernel.__call__
+
+    def counted_call(self, *args, **kwargs):
+        launched.append(self.name)
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(RawKernel, "__call__", counted_call)
+    rng = np.random.default_rng(2)
+    x, y, G = rng.normal(size=(3, 3, 6, 6)), np.array([0, 1, 2]), rng.normal(size=(3, 5))
+    methods = [("bptt", {"step_mode": "m"}), ("bptt", {"step_mode": "s"}), ("rate_m", {}),
+               ("rate_s", {}), ("sltt", {}), ("ottt", {})]
+    results = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("MINIRATE_FUSED", fused)
+        launched.clear()
+        for method, kw in methods:
+            model = tiny_resnet(reset="hard", detach_reset=False, xp=xp)
+            model.zero_grad()
+            loss, _ = make_method(method, model, 3, **kw).step(
+                xp.asarray(x), xp.asarray(y), random_upstream_loss(xp.asarray(G)))
+            results[fused, method, kw.get("step_mode")] = (
+                [float(loss)] + [to_numpy(g) for _, _, g, _ in model.parameters()])
+        if fused == "1":
+            assert set(launched) == KERNELS, KERNELS ^ set(launched)
+        else:
+            assert launched == []
+    for method, kw in methods:
+        a, b = (results[f, method, kw.get("step_mode")] for f in ("1", "0"))
+        assert abs(a[0] - b[0]) <= 1e-12 * abs(b[0])
+        for ga, gb in zip(a[1:], b[1:]):
+            assert np.max(np.abs(ga - gb)) <= 1e-12 * max(1e-30, np.max(np.abs(gb))), method
