@@ -27,7 +27,7 @@ def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, fli
 
     The frame cache lives in cache_dir (default data_dir) and is built from the raw recordings
     in data_dir on first use (progress: show a bar). split: a named split (default: the data
-    set's own, see datasets.py).
+    set's own, see datasets.py). Samples with no events are left out of both splits (and said so).
     """
     frames = open_or_build(dataset, data_dir, cache_dir or data_dir, T, split_by, size, progress)
     try:
@@ -36,8 +36,13 @@ def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, fli
     except BaseException:
         frames.close()
         raise
-    train = EventLoader(frames, np.flatnonzero(is_test == 0), batch_size, True, seed, flip, roll)
-    test = EventLoader(frames, np.flatnonzero(is_test == 1), eval_batch_size, False, seed)
+    skipped = frames.skipped()
+    if skipped:
+        print(f"note: {skipped}", flush=True)
+    train = EventLoader(frames, np.flatnonzero((is_test == 0) & frames.usable), batch_size, True,
+                        seed, flip, roll)
+    test = EventLoader(frames, np.flatnonzero((is_test == 1) & frames.usable), eval_batch_size,
+                       False, seed)
     return train, test
 
 

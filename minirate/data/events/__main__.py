@@ -4,6 +4,8 @@
     python -m minirate.data.events download cifar10dvs --data-dir data
 
 `convert` is resumable: after an interruption, the same command continues where it stopped.
+Ctrl-C (or SIGTERM) stops it after the sample in hand, keeps the partial file and exits with
+status 130; a second conversion of the same cache waits for the one running.
 Errors are one line on stderr and exit status 1 (2 for a malformed command line).
 """
 import os

@@ -36,6 +36,25 @@ class AedatError(ValueError):
     """Bytes that are not a readable AEDAT file."""
 
 
+def check_version(data, version):
+    """Refuse bytes that are not an AEDAT `version` file ('2.0', '3.1') before any decoding.
+
+    The first line names the format: '#!AER-DAT2.0' or '#!AER-DAT3.1'. An empty file, another
+    AEDAT version, or anything else (an image, random bytes) is an AedatError saying which.
+    """
+    if not data:
+        raise AedatError(f"empty file (0 bytes), not an AEDAT {version} recording")
+    end = data.find(b"\n", 0, 100)
+    first = data[:end if end >= 0 else 100].rstrip()
+    if first == b"#!AER-DAT" + version.encode():
+        return
+    if first.startswith(b"#!AER-DAT"):
+        found = first[len(b"#!AER-DAT"):].decode("ascii", "replace")
+        raise AedatError(f"an AEDAT {found} file, expected AEDAT {version}")
+    raise AedatError(f"not an AEDAT {version} recording: it starts with {data[:12]!r}, not "
+                     f"'#!AER-DAT{version}'")
+
+
 def split_header(data):
     """Offset of the first event: the end of the '#' header lines (as jAER writes them)."""
     pos = 0
@@ -50,8 +69,10 @@ def split_header(data):
 def read_aedat2(data):
     """AEDAT 2.0 bytes -> (t int64 (N,) microseconds, addr uint32 (N,)).
 
-    Raises AedatError when the payload is not a whole number of 8-byte events.
+    Raises AedatError when the first line is not '#!AER-DAT2.0' (check_version) or the payload
+    is not a whole number of 8-byte events.
     """
+    check_version(data, "2.0")
     start = split_header(data)
     n, rest = divmod(len(data) - start, EVENT_DTYPE.itemsize)
     if rest:

@@ -21,7 +21,7 @@ The loop runs over packets (a few thousand per recording), never over events.
 """
 import numpy as np
 
-from .aedat2 import AedatError
+from .aedat2 import AedatError, check_version
 
 PACKET_HEADER = np.dtype([("type", "<i2"), ("source", "<i2"), ("size", "<i4"),
                           ("ts_offset", "<i4"), ("ts_overflow", "<i4"), ("capacity", "<i4"),
@@ -32,8 +32,7 @@ END_HEADER = b"#!END-HEADER\r\n"
 
 
 def _events_start(data):
-    if not data.startswith(b"#!AER-DAT3"):
-        raise AedatError("not an AEDAT 3 file (no '#!AER-DAT3' first line)")
+    check_version(data, "3.1")
     end = data.find(END_HEADER)
     if end < 0:
         raise AedatError("AEDAT 3 header has no '#!END-HEADER' line")
@@ -50,6 +49,8 @@ def read_aedat3_polarity(data):
         h = np.frombuffer(data, PACKET_HEADER, count=1, offset=pos)[0]
         size, capacity = int(h["size"]), int(h["capacity"])
         body = pos + PACKET_HEADER.itemsize
+        if h["type"] < 0:
+            raise AedatError(f"packet at byte {pos} has eventType {h['type']} (damaged)")
         if size <= 0 or capacity < 0 or body + size * capacity > len(data):
             raise AedatError(f"packet at byte {pos} runs past the end of the file "
                              f"(truncated or damaged)")
@@ -57,8 +58,9 @@ def read_aedat3_polarity(data):
             if not 0 <= h["number"] <= capacity:
                 raise AedatError(f"packet at byte {pos} has eventNumber {h['number']} outside "
                                  f"[0, eventCapacity {capacity}] (damaged)")
-            if size != POLARITY_EVENT.itemsize:
-                raise AedatError(f"polarity packet at byte {pos} has {size}-byte events")
+            if size != POLARITY_EVENT.itemsize or h["ts_offset"] != 4:
+                raise AedatError(f"polarity packet at byte {pos} has {size}-byte events with "
+                                 f"the timestamp at byte {h['ts_offset']} (expected 8 and 4)")
             ev = np.frombuffer(data, POLARITY_EVENT, count=int(h["number"]), offset=body)
             chunks.append((ev, int(h["ts_overflow"])))
         pos = body + size * capacity

@@ -143,6 +143,17 @@ def _read_labels(csv):
     return rows
 
 
+def recording_name(recording):
+    """A file path, or `archive.zip:member` for a recording read from a zip archive."""
+    return recording[1] if recording[0] == "file" else f"{recording[1]}:{recording[2]}"
+
+
+def sample_name(sample):
+    """The recording of a sample, with its segment when it is one of several."""
+    name = recording_name(sample.recording)
+    return name if sample.start < 0 else f"{name} [{sample.start}, {sample.end}) us"
+
+
 def read_bytes(recording):
     try:
         if recording[0] == "zip":
@@ -151,13 +162,16 @@ def read_bytes(recording):
         with open(recording[1], "rb") as f:
             return f.read()
     except (OSError, zipfile.BadZipFile, KeyError) as e:
-        raise DatasetError(f"cannot read {recording[-1]}: {e}") from None
+        raise DatasetError(f"cannot read {recording_name(recording)}: {e}") from None
 
 
 def read_events(name, recording):
     """(t, x, y, on) of one recording, sorted by t, in 128 x 128 frame coordinates.
 
     t: int64 microseconds; x (column), y (row), on (1 ON, 0 OFF): small unsigned integers.
+    The file's format is checked before anything is decoded (aedat2.check_version); a file of
+    another format is a one-line DatasetError naming it. External, special and off-sensor
+    events are dropped, so a recording may come back with no events at all.
     """
     data = read_bytes(recording)
     try:
@@ -173,7 +187,7 @@ def read_events(name, recording):
             if not keep.all():
                 t, x, y, on = t[keep], x[keep], y[keep], on[keep]
     except AedatError as e:
-        raise DatasetError(f"{recording[-1]}: {e}") from None
+        raise DatasetError(f"{recording_name(recording)}: {e}") from None
     if len(t) > 1 and np.any(t[1:] < t[:-1]):
         order = np.argsort(t, kind="stable")
         t, x, y, on = t[order], x[order], y[order], on[order]

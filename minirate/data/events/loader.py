@@ -14,6 +14,7 @@ event counts.
 """
 import numpy as np
 
+from ..cifar import DatasetError
 from ..loader import Loader
 
 
@@ -29,6 +30,19 @@ def augment_frames(x, rng, flip=True, roll=5):
         for b in range(B):                                        # loop over samples only
             x[b] = np.roll(x[b], tuple(shifts[b]), axis=(-2, -1))
     return x
+
+
+def check_counts(xb, samples, frames):
+    """Raise DatasetError naming the first sample of the batch xb (B, T, 2, H, W) whose frames
+    are not finite, non-negative counts. Two passes over the batch when all is well: a NaN read
+    from a damaged cache is a data problem to name, not a diverged gradient to chase."""
+    if np.isfinite(xb).all() and xb.min() >= 0:
+        return
+    flat = xb.reshape(len(xb), -1)                                     # (B, T*2*H*W)
+    bad = int(np.argmin(np.isfinite(flat).all(1) & (np.nan_to_num(flat).min(1) >= 0)))
+    raise DatasetError(f"{frames.path}: {frames.name(samples[bad])} holds NaN, infinite or "
+                       f"negative values, which conversion never writes: the file is damaged or "
+                       f"was not written by minirate; {frames.rebuild}")
 
 
 class EventLoader(Loader):
@@ -54,6 +68,7 @@ class EventLoader(Loader):
     def make_batch(self, epoch, b, order):
         pos = order[b * self.batch_size:(b + 1) * self.batch_size]
         xb = np.stack([self.frames.frames(i) for i in self.index[pos]])    # (B, T, 2, H, W)
+        check_counts(xb, self.index[pos], self.frames)
         if self.train:
             rng = np.random.default_rng(
                 np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
