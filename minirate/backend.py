@@ -242,3 +242,50 @@ def nccl_module(xp):
     if not getattr(nccl, "available", False):
         return None, "CuPy cannot load the NCCL library (pip install nvidia-nccl-cu13)"
     return nccl, None
+
+
+def available_memory(xp):
+    """(bytes this process may still allocate for arrays of module `xp`, where that figure comes
+    from), or None when it cannot be told.
+
+    CPU: the smallest of /proc/meminfo's MemAvailable, what RLIMIT_AS leaves above the address
+    space already in use, and what the cgroup's memory.max leaves above memory.current. GPU:
+    the device's free memory (cudaMemGetInfo) plus what CuPy's pool holds unused.
+    """
+    if xp is not np:
+        try:
+            free = int(xp.cuda.runtime.memGetInfo()[0])
+            pool = int(xp.get_default_memory_pool().free_bytes())
+        except (AttributeError, RuntimeError):      # a stand-in without these calls
+            return None
+        return free + pool, "free on the GPU"
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        found.append((int(info["MemAvailable"].split()[0]) * 1024, "MemAvailable"))
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        import resource
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if limit != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+            used = int(status["VmSize"].split()[0]) * 1024
+            found.append((max(0, limit - used), "under RLIMIT_AS"))
+    except (ImportError, OSError, KeyError, ValueError):
+        pass
+    try:
+        with open("/proc/self/cgroup") as f:     # cgroup v2: the line "0::/path"
+            path = next(line.strip()[3:] for line in f if line.startswith("0::"))
+        folder = "/sys/fs/cgroup" + path.rstrip("/")
+        with open(os.path.join(folder, "memory.max")) as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open(os.path.join(folder, "memory.current")) as f:
+                used = int(f.read().strip())
+            found.append((max(0, int(limit) - used), "under the cgroup's memory.max"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return min(found) if found else None

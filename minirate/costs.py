@@ -343,3 +343,70 @@ def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=Non
     if itemsize is None:
         itemsize = model.params_list()[0].dtype.itemsize
     return sum_costs(layer_costs(ops, shape[0], T, method, step_mode, window, itemsize))
+
+
+# -- memory of a step, from shapes -----------------------------------------------------------
+# Numbers each routine keeps for backward, per sample and step, counted from the caches:
+# a conv or linear keeps its input x (a reference: the spikes of the LIF before it, counted once
+# where a shortcut reads them too), batchnorm x − μ, a LIF layer its potentials u. Pools keep
+# shapes (max pooling a small argmax, left out); the network input is counted once, as the batch
+# (single-step methods keep it once for all steps). Beyond one pass's caches, per LIF neuron: the
+# rate methods keep r and e in place of u (and the rate pass keeps less), sltt u⁺, ottt u⁺
+KEPT_IN, KEPT_OUT = ("conv", "linear", "lif"), ("bn",)
+KEPT_PER_LIF = {"sltt": 1, "ottt": 1}
+
+
+def _kept_numbers(ops):
+    """Numbers kept for backward per sample and step by one pass over `ops`, and the LIF
+    neurons among them."""
+    kept = lif = 0
+    read = set()                          # inputs already counted (a block input and its shortcut)
+    for op in ops:
+        if op.kind in KEPT_IN and op.src is not None and (op.kind == "lif" or op.src not in read):
+            kept += _size(op.in_shape)
+            if op.kind != "lif":
+                read.add(op.src)
+        elif op.kind in KEPT_OUT:
+            kept += _size(op.out_shape)
+        if op.kind == "lif":
+            lif += _size(op.in_shape)
+    return kept, lif
+
+
+def step_memory(model, input_shape, T, method="bptt", step_mode="m", window=None,
+                local_blocks=1, split_at=None, itemsize=None, optimizer_copies=2, ops=None):
+    """Bytes one training step of `method` needs, counted from the layer shapes (no allocation
+    beyond `trace`'s one sample): a floor, not a ceiling (temporaries such as im2col columns
+    and the allocator's slack come on top).
+
+        kept         what backward needs, the largest local block's (see the methods' docstrings):
+                     bptt T steps of every cache; tbptt K steps; rate methods one pass's
+                     caches (r, e in place of u); sltt and ottt one step's plus u⁺
+        activations  the largest layer output and its gradient, for the rows one call processes
+        input        the batch itself, (B, C, H, W) or (T, B, C, H, W)
+        params       weights, their gradients and `optimizer_copies` optimizer buffers per weight
+        total        their sum
+
+    input_shape: (B, C, H, W) or (T, B, C, H, W); ops: `trace(model, (C, H, W))` if already made.
+    """
+    shape = tuple(input_shape)
+    frames = len(shape) == 5
+    B, sample = (shape[1], shape[2:]) if frames else (shape[0], shape[1:])
+    if itemsize is None:
+        itemsize = model.params_list()[0].dtype.itemsize
+    ops = trace(model, sample) if ops is None else ops
+    ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
+    base = "rate" if method.startswith("rate") else method
+    steps = {"bptt": T, "tbptt": min(window or T, T)}.get(base, 1)
+    kept = 0
+    for b in sorted({op.block for op in ops}):
+        numbers, lif = _kept_numbers([op for op in ops if op.block == b])
+        kept = max(kept, numbers * steps + KEPT_PER_LIF.get(base, 0) * lif)
+    rows = steps if step_mode == "m" and base in ("bptt", "tbptt") else 1
+    largest = max([_size(op.out_shape) for op in ops] + [_size(sample)])
+    params = sum(p.size for p in model.params_list()) * (2 + optimizer_copies)
+    out = dict(kept=kept * B * itemsize, activations=2 * largest * rows * B * itemsize,
+               input=(T if frames else 1) * B * _size(sample) * itemsize,
+               params=int(params) * itemsize)
+    out["total"] = sum(out.values())
+    return out

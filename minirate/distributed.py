@@ -33,8 +33,9 @@ reduction path can be checked on one device against a run without MPI.
 
 A rank that stops: every reduction waits at most `timeout` seconds (a non-blocking all-reduce
 polled against a deadline, since a blocking MPI call cannot be interrupted); then
-`DistributedError` says which reduction got no answer, and `fail` prints one line and exits,
-which makes the launcher stop the other ranks. An uncaught exception under MPI prints its
+`DistributedError` says which reduction got no answer (from which rank, where two ranks make
+that certain; an all-reduce cannot tell otherwise) and what to do, and `fail` prints one line
+and exits, which makes the launcher stop the other ranks. An uncaught exception under MPI prints its
 traceback and exits at once too (no MPI_Finalize, which would wait for the others).
 """
 import os
@@ -52,6 +53,10 @@ SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
                         "MV2_COMM_WORLD_LOCAL_SIZE")
 DEFAULT_TIMEOUT = 300.0
+# what to do when a rank has stopped: its own output says why; the run continues from its
+# last checkpoint
+RERUN = ("see that rank's own message above for why, then run the same command again with "
+         "--resume auto to continue from the last checkpoint")
 
 
 class DistributedError(RuntimeError):
@@ -192,9 +197,7 @@ class Communicator:
         while not stream.done:
             if time.monotonic() > deadline:
                 self.nccl.abort()
-                raise DistributedError(
-                    f"no answer from the other ranks within {self.timeout:g} s "
-                    f"({what}, NCCL); one of them has probably stopped")
+                raise self._no_answer(f"{what}, NCCL")
             time.sleep(pause)
             pause = min(1e-3, pause + 1e-5)
         self.seconds_reducing += time.perf_counter() - t0
@@ -207,9 +210,7 @@ class Communicator:
         pause = 0.0
         while not self._test(request, what):
             if time.monotonic() > deadline:
-                raise DistributedError(
-                    f"no answer from the other ranks within {self.timeout:g} s "
-                    f"({what}); one of them has probably stopped")
+                raise self._no_answer(what)
             time.sleep(pause)                       # spin first, then back off to 1 ms
             pause = min(1e-3, pause + 1e-5)
 
@@ -218,7 +219,14 @@ class Communicator:
         try:
             return request.Test()
         except Exception as e:            # mpi4py's MPI.Exception: the MPI library's own error
-            raise DistributedError(f"{what} failed: {str(e).splitlines()[0]}") from None
+            raise DistributedError(f"{what} failed: {str(e).splitlines()[0]}; {RERUN}") from None
+
+    def _no_answer(self, what):
+        """The error of a reduction that got no answer in time. An all-reduce cannot tell who
+        is missing, except that with two ranks it can only be the other one."""
+        who = f"rank {1 - self.rank}" if self.size == 2 else "another rank"
+        return DistributedError(f"no answer from {who} within {self.timeout:g} s ({what}); "
+                                f"it has probably stopped: {RERUN}")
 
     def sum_numbers(self, *values):
         """Σ over ranks of a few Python numbers (float64), as a tuple of floats."""

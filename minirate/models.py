@@ -234,3 +234,29 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
     if arch == "alexnet":
         return _alexnet(num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def input_size_problem(model, arch, in_channels, size, what="input"):
+    """Why `model` (built as `arch`) cannot take (in_channels, size, size) samples, naming the
+    smallest size it takes; None when it can. A shape pass on one zero sample (costs.trace:
+    only the layers that change the shape run), so nothing the size of a batch is allocated.
+    what: how the user set the size, e.g. '--frame-size 2'."""
+    from .costs import trace          # costs counts over models' layers: imported when asked
+
+    def fails(s):
+        try:
+            ops = trace(model, (in_channels, s, s))
+        except (ValueError, IndexError, ZeroDivisionError) as e:
+            return str(e).splitlines()[0] if str(e) else type(e).__name__
+        empty = next((op for op in ops if 0 in op.out_shape), None)
+        return f"{empty.name} is left with no output" if empty else None
+
+    why = fails(size)
+    if why is None:
+        return None
+    smallest = next((s for s in range(1, max(2 * size, 256) + 1) if s != size and not fails(s)),
+                    None)
+    takes = (f"no size up to {max(2 * size, 256)} fits" if smallest is None else
+             f"the smallest size it takes is {smallest}x{smallest}" if smallest > size else
+             f"it takes {smallest}x{smallest}")       # e.g. a head sized for one input size
+    return f"--arch {arch} cannot take {size}x{size} input ({what}): {why}; {takes}"

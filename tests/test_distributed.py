@@ -68,8 +68,10 @@ def test_a_dead_rank_ends_the_others_with_one_line():
     assert r.returncode != 0
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     if "HYDRA" in version:
-        assert errors == ["error: rank 0: no answer from the other ranks within 2 s "
-                          "(batchnorm statistics); one of them has probably stopped"], r.stderr
+        assert errors == ["error: rank 0: no answer from rank 1 within 2 s (batchnorm "
+                          "statistics); it has probably stopped: see that rank's own message "
+                          "above for why, then run the same command again with --resume auto "
+                          "to continue from the last checkpoint"], r.stderr
     assert "Traceback" not in r.stderr
     # with the launcher's own clean-up (the default) the run ends at once as well
     r = _run([launcher, "-n", "2", sys.executable, "-m", "tests.mpi_worker", "die"], timeout=60,

@@ -2,7 +2,7 @@
 
     python -m minirate.study memory-time --arch small --batch-size 16 --T 1,2,4,8
     python -m minirate.study gradients --arch small --batch-size 16 --T 1,2,4
-    python -m minirate.study firing --checkpoint runs/default/best.npz
+    python -m minirate.study firing --checkpoint runs/quick/last.npz
     python -m minirate.study design-space --arch small --width 0.25 --K 1,2,4 --N 1,2,3
     python -m minirate.study gradients --methods sltt,sltt:K=2,ottt --T 1,2,4
     python -m minirate.study memory-time --dataset cifar10dvs --data-dir data --frame-size 48
@@ -21,6 +21,7 @@ from ..backend import DeviceError, get_xp
 from ..checkpoint import CheckpointError
 from ..cli import ArgumentParser
 from ..data.cifar import DatasetError
+from ..memory import MemoryShortage
 from .common import Bar, StudyError, make_out, remove_empty, write_rows
 
 # subcommand -> (file stem of its outputs, its module: add_parser(sub, fmt), run(a, xp, bar));
@@ -50,8 +51,12 @@ def main(argv=None):
     a = parse_args(argv)
     try:
         return _main(a)
-    except (StudyError, DatasetError, CheckpointError, DeviceError, ValueError) as e:
+    except (StudyError, DatasetError, CheckpointError, DeviceError, ValueError,
+            MemoryShortage) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:       # outside a step that memory-time checks
+        print("error: out of memory; lower --batch-size, --T or --width", file=sys.stderr)
         return 1
 
 

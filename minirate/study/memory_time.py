@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backend import get_array_module, synchronize
 from ..cli import positive_int
+from ..memory import check_step, gib, guard
 from ..models import build_model
 from .common import (COST_HEADER, COST_KEYS, MiB, MethodUnavailable, add_common_options,
                      add_loss_option, add_model_options, build_method, cost_cells, data_source,
@@ -63,6 +64,13 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
                 note(f"skipped {e}")
                 break
             loss_fn = loss_for(spec, loss_lambda)
+            # a cell that clearly cannot fit is refused before its first step, one that runs
+            # out during a step with the same line (minirate/memory.py)
+            lower = f"--batch-size, --T, --width, or --methods without {spec.label}"
+            need, _ = check_step(model, xb.shape, T, spec.label, xp, lower, spec.step_mode,
+                                 spec.window, spec.local_blocks, optimizer_copies=0)
+            method.step = guard(method.step, f" ({spec.label} at T={T}, estimated: at least "
+                                             f"{gib(need['total'])})", lower)
 
             def step():
                 method.step(xb, yb, loss_fn)
@@ -114,6 +122,17 @@ def run(a, xp, bar):
         return batches[key]
 
     source = data.describe()
+    # a cell that clearly cannot fit is refused before any data is read or binned for its T
+    probe = build_model(a.arch, data.num_classes, a.width, seed=a.seed,
+                        in_channels=data.in_channels)
+    size = data.frame_size if data.events else 32
+    for spec in a.methods:
+        for T in a.T:
+            check_step(probe, ((T,) if data.events else ()) + (a.batch_size, data.in_channels,
+                                                               size, size),
+                       T, spec.label, xp, f"--batch-size, --T, --width, or --methods without "
+                                          f"{spec.label}", spec.step_mode, spec.window,
+                       spec.local_blocks, optimizer_copies=0)
     batch_at(a.T[0])            # a data set that does not load fails before the first cell
     rows = memory_time(batch_at, None, a.methods, a.T, a.arch, a.width, data.num_classes,
                        a.steps, a.warmup, a.seed,
