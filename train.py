@@ -9,20 +9,32 @@ Every option is listed by `python train.py --help`. Outputs in --out: last.npz a
 config.json. Errors in what was asked for (a missing data set, a bad checkpoint, an impossible
 option) end the run with one line on stderr and exit status 1 (2 for a malformed command line).
 """
-import argparse
-import json
-import math
 import os
+import signal
 import sys
-import time
 
-import numpy as np
+
+def _interrupted_while_starting(signum, frame):
+    print("\ninterrupted while starting; nothing was saved", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":     # Ctrl-C while the modules below load: one line, not a traceback
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from minirate.backend import DeviceError, devices, get_xp, synchronize, to_numpy
-from minirate.cli import (ArgumentParser, finite_float, nonnegative_float, nonnegative_int,
-                          positive_float, positive_int, unit_interval)
-from minirate.checkpoint import (CheckpointError, append_jsonl, load_checkpoint, read_jsonl,
-                                 save_checkpoint)
+from minirate.cli import (ArgumentParser, DefaultsHelpFormatter, below_one, finite_float,
+                          nonnegative_float, nonnegative_int, positive_float, positive_int,
+                          unit_interval)
+from minirate.checkpoint import (CheckpointError, append_jsonl, first_non_finite,
+                                 load_checkpoint, read_jsonl, save_checkpoint)
 from minirate.data.cifar import SPECS, DatasetError, load_cifar
 from minirate.data.events import EVENT_DATASETS, SPLIT_NAMES, event_loaders
 from minirate.data.imagenet import ImageFolderLoader, load_imagenet
@@ -36,10 +48,12 @@ from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
 from minirate.methods.common import is_time_varying
 from minirate.methods.local import resolve_splits
-from minirate.models import ARCHS, build_model
+from minirate.memory import MemoryShortage, check_step, gib, guard, lower_with
+from minirate.models import ARCHS, build_model, input_size_problem
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
 from minirate.progress import Progress
-from minirate.rundir import RunDirError, RunLock, holds_run, remove_stale_temporaries
+from minirate.rundir import (RunDirError, RunLock, holds_run, prepare_out,
+                             remove_stale_temporaries)
 
 # -- config -------------------------------------------------------------------------------
 DATASETS = {"cifar10": 10, "cifar100": 100, "cifar10-sample": 10,   # name -> classes
@@ -71,6 +85,16 @@ STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "
 EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
 # What a checkpoint's saved position means: which batches come next, in which order.
 DATA_ORDER = ("batch_size", "seed")
+# Checkpoint format: 1 = unversioned (older minirate, config without the options added since),
+# 2 = "format" in the meta and every key above in its config.
+CHECKPOINT_FORMAT = 2
+REQUIRED = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold", "reset",
+            "v_reset", "detach_reset", "surrogate", "alpha", "dtype") + DATA_ORDER   # since 1
+# What a format-1 checkpoint without a key trained with: the default of the minirate that wrote
+# it. None of these defaults has changed, except that --loss arrived with sltt and ottt, and
+# everything before them trained on the mean loss.
+OLD_DEFAULTS = dict({k: DEFAULTS[k] for k in STRUCTURAL + EVENT_STRUCTURAL},
+                    loss=lambda saved: "per-step" if saved.get("method") in ONLINE else "mean")
 
 
 class UsageError(Exception):
@@ -79,7 +103,7 @@ class UsageError(Exception):
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     d = DEFAULTS
     on_off = argparse.BooleanOptionalAction
     g = p.add_argument_group("method and model")
@@ -137,7 +161,7 @@ def parse_args(argv=None):
                    help="training batch size")
     g.add_argument("--optimizer", choices=("sgd", "adam"), default=d["optimizer"], help="optimizer")
     g.add_argument("--lr", type=positive_float, default=d["lr"], help="peak learning rate")
-    g.add_argument("--momentum", type=unit_interval, default=d["momentum"],
+    g.add_argument("--momentum", type=below_one, default=d["momentum"],
                    help="SGD momentum in [0, 1)")
     g.add_argument("--nesterov", action=on_off, default=d["nesterov"],
                    help="Nesterov momentum (SGD with momentum > 0)")
@@ -190,7 +214,8 @@ def parse_args(argv=None):
                    help="named train/test split: cifar10dvs 9:1 (default) or 8:2 per class; "
                         "dvsgesture users")
     g.add_argument("--roll", type=nonnegative_int, default=d["roll"],
-                   help="random circular shift of up to N px in x and y (0 = off)")
+                   help="random circular shift of up to N px in x and y, below --frame-size "
+                        "(0 = off)")
     g.add_argument("--cache-dir", default=d["cache_dir"],
                    help="folder of the HDF5 frame cache (default: --data-dir)")
     g = p.add_argument_group("data-parallel (mpirun -n N python train.py ...)")
@@ -217,8 +242,6 @@ def module_names(text):
 
 def option_conflict(cfg):
     """What single-option ranges cannot say: limits that involve two options. None if fine."""
-    if cfg["momentum"] >= 1:
-        return "argument --momentum: must be < 1 (1 never forgets a gradient)"
     if cfg["nesterov"] and (cfg["optimizer"] != "sgd" or cfg["momentum"] == 0):
         return "argument --nesterov: needs --optimizer sgd with --momentum > 0"
     if cfg["warmup_epochs"] > cfg["epochs"]:
@@ -257,7 +280,7 @@ def option_conflict(cfg):
         return (f"argument --step-mode: for bptt and tbptt ({cfg['method']} has its own: "
                 f"rate_m / rate_s choose the spike pass, sltt and ottt step one at a time)")
     try:                          # channel counts, and block starts: the architecture's layout
-        probe = build_model(cfg["arch"], 10, cfg["width"])
+        probe = build_model(cfg["arch"], 10, cfg["width"], in_channels=sample_shape(cfg)[0])
     except ValueError as e:
         return str(e)
     if local:
@@ -271,6 +294,10 @@ def option_conflict(cfg):
     if cfg["arch"] == "vggsnn_dvs" and (not events or cfg["frame_size"] != 48):
         return ("--arch vggsnn_dvs takes 48x48 event frames: --dataset cifar10dvs or dvsgesture "
                 "with --frame-size 48")
+    channels, size, size_option = sample_shape(cfg)    # a shape pass, before any data is read
+    why = input_size_problem(probe, cfg["arch"], channels, size, size_option)
+    if why:
+        return why
     if events and (cfg["cutout"] or cfg["autoaugment"]):
         return "--cutout and --autoaugment are for images; event frames use --flip and --roll"
     if cfg["event_split"] and cfg["event_split"] not in SPLIT_NAMES.get(cfg["dataset"], ()):
@@ -280,9 +307,56 @@ def option_conflict(cfg):
     return None
 
 
+def sample_shape(cfg):
+    """(channels, size, where the size comes from) of one input sample, square size x size."""
+    if cfg["dataset"] in EVENT_DATASETS:
+        return 2, cfg["frame_size"], f"event frames, --frame-size {cfg['frame_size']}"
+    if cfg["dataset"] == "imagenet":
+        return 3, cfg["image_size"], f"--image-size {cfg['image_size']}"
+    return 3, 32, "CIFAR images"
+
+
 def weight_sum(params):
     """Σ of all weights in float64: finite exactly when every weight is finite."""
     return float(sum(p.sum(dtype="float64") for _, p, _, _ in params))
+
+
+def saved_config(meta, cfg, path):
+    """The config a checkpoint was trained with, completed for checkpoints of an older minirate.
+
+    Format 1 (no "format" in the meta) is minirate before checkpoints were versioned: its config
+    lacks the options added since. Each of those is filled with the value the older minirate
+    trained with (OLD_DEFAULTS); the keys every checkpoint has always held (REQUIRED) are never
+    guessed. From format 2 on the config holds every key. Returns (config, note or None) and
+    raises CheckpointError for a config that cannot be completed.
+    """
+    version = meta.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"cannot resume from {path}: its checkpoint format {version!r} is "
+                              f"not a version number")
+    if version > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"cannot resume from {path}: it was written by a newer minirate "
+                              f"(checkpoint format {version}; this one reads formats 1 to "
+                              f"{CHECKPOINT_FORMAT})")
+    saved = dict(meta["config"])
+    keys = STRUCTURAL + DATA_ORDER + (EVENT_STRUCTURAL if cfg["dataset"] in EVENT_DATASETS
+                                      else ())
+    missing = [k for k in keys if k not in saved]
+    cannot = [k for k in missing if version > 1 or k in REQUIRED]
+    if cannot:
+        raise CheckpointError(f"cannot resume from {path}: its config (checkpoint format "
+                              f"{version}) has no {', '.join(_option(k) for k in cannot)}")
+    if not missing:
+        return saved, None
+    for k in missing:
+        saved[k] = OLD_DEFAULTS[k](saved) if callable(OLD_DEFAULTS[k]) else OLD_DEFAULTS[k]
+    filled = ", ".join(f"{_option(k)} {saved[k]}" for k in missing)
+    return saved, (f"{path} comes from an older minirate (checkpoint format 1) that did not "
+                   f"record every option; taking what it trained with: {filled}")
+
+
+def _option(key):
+    return "--" + key.replace("_", "-")
 
 
 def structural_mismatch(saved, cfg):
@@ -305,27 +379,34 @@ def event_data(cfg):
                                     cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
                                     cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
                                     cfg["cache_dir"] or None, cfg["progress"])
-    except KeyboardInterrupt:
-        raise UsageError("interrupted while building the frame cache; run the same command "
-                         "again to continue the conversion") from None
+    except KeyboardInterrupt:      # the conversion stopped after a whole sample; partial file kept
+        print("\ninterrupted while building the frame cache; run the same command again to "
+              "continue the conversion", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     return train, test, len(train.index), len(test.index)
 
 
-def position_problem(pos, steps_per_epoch, epochs):
-    """Why a checkpoint's saved position cannot be where this run stands, or None."""
+def position_problem(pos, steps_per_epoch):
+    """Why a checkpoint's saved position cannot be a position in this data set, or None.
+    (Whether this run's --epochs reach that far is asked separately.)"""
     ints = ("epoch", "batch", "step", "correct", "seen")
-    for k in ints:
+    later = ("images", "kept_bytes")      # absent from checkpoints of older minirate
+    for k in ints + later:
+        if k in later and k not in pos:
+            continue
         if not isinstance(pos.get(k), int) or isinstance(pos.get(k), bool) or pos[k] < 0:
             return f"position field {k!r} is {pos.get(k)!r}, expected an integer >= 0"
-    for k in ("best_acc", "loss_sum"):
+    for k in ("best_acc", "loss_sum", "train_seconds"):
+        if k == "train_seconds" and k not in pos:
+            continue
         v = pos.get(k)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             return f"position field {k!r} is {v!r}, expected a finite number >= 0"
     if pos["best_acc"] > 1 or pos["correct"] > pos["seen"]:
         return "its accuracy figures are impossible"
-    if pos["batch"] > steps_per_epoch or pos["epoch"] > epochs:
-        return (f"it stands at epoch {pos['epoch'] + 1}, batch {pos['batch']}, beyond this run's "
-                f"{epochs} epochs of {steps_per_epoch} steps")
+    if pos["batch"] > steps_per_epoch:
+        return (f"it stands at batch {pos['batch']} of an epoch, beyond this data set's "
+                f"{steps_per_epoch} steps per epoch")
     if pos["step"] != pos["epoch"] * steps_per_epoch + pos["batch"]:
         return (f"its step {pos['step']} does not match epoch {pos['epoch'] + 1}, "
                 f"batch {pos['batch']} at {steps_per_epoch} steps per epoch")
@@ -333,6 +414,8 @@ def position_problem(pos, steps_per_epoch, epochs):
 
 
 def main(argv=None):
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # see __main__ below
     cfg = parse_args(argv)
     np.seterr(all="ignore")   # divergence is detected below and reported once, with its step
     comm = world(cfg["mpi_timeout"])     # one process unless started by mpirun -n N, N > 1
@@ -415,6 +498,18 @@ def main(argv=None):
                          local_blocks=cfg["local_blocks"], split_at=cfg["split_at"])
     loss_fn = ce_mse(cfg["loss_lambda"]) if cfg["loss"] == "per-step" else cross_entropy
     update_each_step = getattr(method, "update_each_step", False)     # OTTT_O
+    # a step that clearly cannot fit in memory is refused now; one that runs out later ends with
+    # the same line (minirate/memory.py)
+    channels, size, _ = sample_shape(cfg)
+    batch = (cfg["batch_size"] // comm.size, channels, size, size)      # this rank's share
+    lower = lower_with(cfg["method"], cfg["window"], cfg["dtype"], cfg["method"] in LOCAL,
+                       comm.size)
+    need, free = check_step(model, ((cfg["T"],) if cfg["dataset"] in EVENT_DATASETS else ())
+                            + batch, cfg["T"], cfg["method"], xp, lower, cfg["step_mode"],
+                            cfg["window"], cfg["local_blocks"], cfg["split_at"],
+                            2 if cfg["optimizer"] == "adam" else int(cfg["momentum"] > 0))
+    method.step = guard(method.step, f" (estimated: at least {gib(need['total'])}"
+                        + (f"; {gib(free[0])} available before training)" if free else ")"), lower)
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
     log(f"model: {cfg['arch']} ({n_params:,} parameters), method {cfg['method']}, T={cfg['T']}, "
         f"{title}: {n_train} training and {n_test} test samples, {steps_per_epoch} "
@@ -437,21 +532,11 @@ def main(argv=None):
     resume_here = bool(resume) and (os.path.realpath(os.path.dirname(os.path.abspath(resume)))
                                      == os.path.realpath(out))
     if lead:
-        try:
-            os.makedirs(out, exist_ok=True)
-            probe = os.path.join(out, f".write-test-{os.getpid()}")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as e:
-            raise UsageError(f"cannot write to --out {out}: {e.strerror or e}") from None
+        prepare_out(out)
         lock = RunLock(out)
         if lock.previous_owner:
             log(f"took over the stale lock of a run that is no longer running "
                 f"({lock.previous_owner})")
-        removed = remove_stale_temporaries(out)
-        if removed:
-            log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
         if holds_run(out) and not resume and not cfg["overwrite"]:
             if cfg["resume"] == "auto":      # e.g. killed between its first best and last save
                 raise UsageError(f"{out} holds a run but no last.npz to continue it from; "
@@ -502,68 +587,125 @@ def main(argv=None):
         correct, n = comm.sum_numbers(correct, n)
         return correct / max(n, 1)
 
-    # -- resume: everything is checked before anything on disk changes -------------------------
-    pos = dict(epoch=0, batch=0, step=0, best_acc=0.0, loss_sum=0.0, correct=0, seen=0)
+    # -- resume: every check comes before the first change to a file in --out ------------------
+    pos = dict(epoch=0, batch=0, step=0, best_acc=0.0, loss_sum=0.0, correct=0, seen=0,
+               images=0, train_seconds=0.0,     # this epoch's training so far, for its img/s
+               kept_bytes=0)                    # bytes kept for backward in the last step
+    notes = []
     if resume:
         arrays, meta = load_checkpoint(resume)
         if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("position"), dict):
             raise CheckpointError(f"{resume} is not a training checkpoint of train.py")
-        why = structural_mismatch(meta["config"], cfg)
+        saved_cfg, note = saved_config(meta, cfg, resume)
+        notes += [note] if note else []
+        why = structural_mismatch(saved_cfg, cfg)
         if why:
             raise UsageError(f"cannot resume from {resume}: {why}")
         if meta.get("world_size", 1) != comm.size:
             raise UsageError(f"cannot resume from {resume}: it was written by a run over "
                              f"{meta.get('world_size', 1)} rank(s), this run has {comm.size}; "
                              f"resume with the same mpirun -n")
-        why = position_problem(meta["position"], steps_per_epoch, cfg["epochs"])
+        saved_pos = meta["position"]
+        why = position_problem(saved_pos, steps_per_epoch)
         if why:
             raise CheckpointError(f"cannot resume from {resume}: its saved position is damaged "
                                   f"or belongs to another data set ({why})")
+        if saved_pos["epoch"] + (saved_pos["batch"] > 0) > cfg["epochs"]:
+            more = f" and {saved_pos['batch']} steps" if saved_pos["batch"] else ""
+            raise UsageError(f"cannot resume from {resume}: it has already trained "
+                             f"{saved_pos['epoch']} epochs{more}, more than --epochs "
+                             f"{cfg['epochs']}; ask for at least --epochs "
+                             f"{saved_pos['epoch'] + (saved_pos['batch'] > 0)}")
+        bad = first_non_finite(arrays)
+        if bad:
+            raise CheckpointError(f"cannot resume from {resume}: its tensor {bad} holds "
+                                  f"non-finite values (NaN or inf); resume from an earlier "
+                                  f"checkpoint, or start over with --overwrite")
         try:
             model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
             opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
         except StateDictError as e:
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
-        pos.update({k: meta["position"][k] for k in pos})
+        pos.update({k: saved_pos[k] for k in pos if k in saved_pos})
+        opt.lr = lr_at(max(pos["step"] - 1, 0))    # the rate of the last step taken
         if hasattr(method, "load_state_dict"):   # e.g. SLTT-K's count of random draws
             try:
                 method.load_state_dict(meta.get("method_state") or {})
             except (TypeError, ValueError, AttributeError) as e:
                 raise CheckpointError(f"{resume} has a damaged method state "
                                       f"{meta.get('method_state')!r} ({e})") from None
-        log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
-            f"{steps_per_epoch} steps done, step {pos['step']} in all")
     if lead and resume and not resume_here and holds_run(out) and not cfg["overwrite"]:
         raise UsageError(f"{out} already holds another run than {resume}; continue that one "
                          f"with --resume auto, choose an empty --out, or replace it with "
                          f"--overwrite")
-    if cfg["overwrite"] and not resume_here and lead:
+    replacing = cfg["overwrite"] and not resume_here     # the run in --out gives way to this one
+    logged_epochs = set()        # whole epochs already in the metrics log (when resuming)
+    if lead and resume and not replacing and os.path.exists(metrics_path):
+        logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
+    for note in notes:
+        log(f"note: {note}", file=sys.stderr)
+    if resume:
+        finished = (f"all its --epochs {cfg['epochs']} are done" if pos["epoch"] >= cfg["epochs"]
+                    else f"--max-steps {cfg['max_steps']} is reached"
+                    if cfg["max_steps"] and pos["step"] >= cfg["max_steps"] else None)
+        if finished:
+            log(f"nothing to train: {resume} stands at step {pos['step']} and {finished}; "
+                f"ask for more --epochs or --max-steps to train further")
+            return 0
+        log(f"resumed from {resume}: epoch {pos['epoch'] + 1}, {pos['batch']} of "
+            f"{steps_per_epoch} steps done, step {pos['step']} in all")
+
+    # -- nothing in --out has changed so far; from here on this run writes there ---------------
+    if lead:
+        removed = remove_stale_temporaries(out)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
+    if replacing and lead:
         for f in (metrics_path, best_path):     # the old run's; last.npz is replaced atomically
             if os.path.exists(f):
                 os.remove(f)
 
-    # where this run's last good state lies on disk (a last.npz that --overwrite is replacing
+    def write_config():
+        if not lead:
+            return
+        with open(os.path.join(out, "config.json.tmp"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+        os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
+
+    # A new run says at once what it is; a resumed one rewrites config.json with its first
+    # checkpoint, so that a run that ends before saving leaves the folder as it found it.
+    config_pending = [bool(resume)]
+    if not resume:
+        write_config()
+
+    # where this run's last good state lies on disk: a checkpoint resumed from was checked
+    # finite above, and save() checks before writing (a last.npz that --overwrite is replacing
     # is another run's)
     good_checkpoint = {"path": resume or None}
 
+    def diverged(what, step, epoch):
+        kept = (f"last good checkpoint kept at {good_checkpoint['path']}"
+                if good_checkpoint["path"] else "no checkpoint was saved yet")
+        return FloatingPointError(f"{what} became non-finite at step {step} (epoch {epoch}); "
+                                  f"stopped, {kept}")
+
     def save(path):
+        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+        arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+        bad = first_non_finite(arrays)       # e.g. a running variance the weights did not show
+        if bad:
+            raise diverged(bad, pos["step"], pos["epoch"] + (pos["batch"] > 0))
         if path == last_path:
             good_checkpoint["path"] = last_path
         if not lead:                 # every rank holds the same weights: rank 0 writes them
             return
-        arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-        arrays.update({f"optim/{k}": v for k, v in opt.state_dict().items()})
+        if config_pending[0]:
+            write_config()
+            config_pending[0] = False
         method_state = method.state_dict() if hasattr(method, "state_dict") else {}
-        save_checkpoint(path, arrays, {"config": cfg, "position": dict(pos),
-                                       "world_size": comm.size, "method_state": method_state})
-
-    if lead:
-        with open(os.path.join(out, "config.json.tmp"), "w") as f:
-            json.dump(cfg, f, indent=2, sort_keys=True)
-        os.replace(os.path.join(out, "config.json.tmp"), os.path.join(out, "config.json"))
-    logged_epochs = set()        # whole epochs already in the metrics log (when resuming)
-    if resume and os.path.exists(metrics_path):
-        logged_epochs = {r.get("epoch") for r in read_jsonl(metrics_path) if not r.get("partial")}
+        save_checkpoint(path, arrays, {"format": CHECKPOINT_FORMAT, "config": cfg,
+                                       "position": dict(pos), "world_size": comm.size,
+                                       "method_state": method_state})
 
     # -- loop: Ctrl-C / SIGTERM stop after the current step (minirate/interrupt.py); under MPI
     #    the ranks agree on it through the per-step sum, so they all stop at the same step -------
@@ -576,7 +718,6 @@ def main(argv=None):
                 epoch = pos["epoch"] + 1                 # 1-based in every message and record
                 bar = Progress(steps_per_epoch, f"epoch  {epoch}/{cfg['epochs']}",
                                enabled=cfg["progress"] and lead)
-                t_train, images = 0.0, 0
                 for xb, yb in train_loader.iter_epoch(epoch - 1, pos["batch"]):
                     t0 = time.perf_counter()
                     xb, yb = shard(xb), shard(yb)                # this rank's part of the batch
@@ -603,22 +744,19 @@ def main(argv=None):
                            "gradient norm" if not math.isfinite(grad_norm) else
                            "weights" if not math.isfinite(weight_sum(params)) else None)
                     if bad:
-                        kept = (f"last good checkpoint kept at {good_checkpoint['path']}"
-                                if good_checkpoint["path"] else "no checkpoint was saved yet")
-                        raise FloatingPointError(
-                            f"{bad} became non-finite at step {pos['step'] + 1} (epoch {epoch}); "
-                            f"stopped, {kept}")
+                        raise diverged(bad, pos["step"] + 1, epoch)
                     pos["step"] += 1
                     pos["batch"] += 1
                     pos["loss_sum"] += loss * n
                     pos["correct"] += int(hits)
                     pos["seen"] += int(n)
-                    images += int(n)
+                    pos["images"] += int(n)
+                    pos["kept_bytes"] = int(method.kept_bytes)
                     synchronize(xp)
-                    t_train += time.perf_counter() - t0
+                    pos["train_seconds"] += time.perf_counter() - t0
                     bar.update(pos["batch"], loss=pos["loss_sum"] / pos["seen"],
-                               acc=pos["correct"] / pos["seen"], img_s=round(images / t_train, 1),
-                               lr=opt.lr)
+                               acc=pos["correct"] / pos["seen"],
+                               img_s=round(pos["images"] / pos["train_seconds"], 1), lr=opt.lr)
                     if cfg["save_every"] and pos["step"] % cfg["save_every"] == 0:
                         save(last_path)
                     if max_steps and pos["step"] >= max_steps:
@@ -636,11 +774,13 @@ def main(argv=None):
                 record = dict(epoch=epoch, step=pos["step"], partial=not epoch_done,
                               train_loss=pos["loss_sum"] / max(pos["seen"], 1),
                               train_acc=pos["correct"] / max(pos["seen"], 1), test_acc=test_acc,
-                              lr=opt.lr, img_per_s=round(images / max(t_train, 1e-9), 2),
-                              kept_bytes=int(method.kept_bytes))
+                              lr=opt.lr,
+                              img_per_s=round(pos["images"] / max(pos["train_seconds"], 1e-9), 2),
+                              kept_bytes=pos["kept_bytes"])
                 improved = test_acc > pos["best_acc"]
                 if epoch_done:
-                    pos.update(epoch=epoch, batch=0, loss_sum=0.0, correct=0, seen=0)
+                    pos.update(epoch=epoch, batch=0, loss_sum=0.0, correct=0, seen=0, images=0,
+                               train_seconds=0.0)
                 if improved:
                     pos["best_acc"] = test_acc
                 # log first, then save: a kill in between repeats this epoch's end on resume, and
@@ -672,8 +812,10 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (UsageError, DatasetError, CheckpointError, StateDictError, DeviceError,
-            RunDirError, FloatingPointError, DistributedError) as e:
+            RunDirError, FloatingPointError, DistributedError, MemoryShortage) as e:
         fail(str(e))
+    except MemoryError:                  # outside a training step, e.g. in an evaluation
+        fail("out of memory; lower --batch-size or --eval-batch-size, --T or --width")
     except BatchStatisticsError as e:    # before any weight changed: nothing new was saved
         fail(f"{e}: use a larger --batch-size (per rank under mpirun) or larger images")
     except KeyboardInterrupt:      # before the training loop: nothing was written yet

@@ -129,6 +129,18 @@ def load_checkpoint(path):
     return arrays, meta
 
 
+def first_non_finite(arrays):
+    """The name of the first floating-point array in `arrays` ({name: array}, NumPy or CuPy)
+    that holds a NaN or an infinity, or None when every value is finite."""
+    for name, a in arrays.items():
+        if getattr(a, "dtype", None) is not None and a.dtype.kind in "fc" and a.size:
+            with np.errstate(invalid="ignore"):
+                finite = bool(((a - a) == 0).all())     # x - x is 0 exactly when x is finite
+            if not finite:
+                return name
+    return None
+
+
 def _write_npz(f, arrays, meta_bytes):
     """The .npz layout np.savez writes (one '<name>.npy' member per array, stored uncompressed),
     done by hand so that array names like 'file' cannot collide with np.savez's arguments."""

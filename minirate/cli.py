@@ -9,7 +9,25 @@ import math
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + error
+        # Under mpirun every rank parses the same command line and meets the same error: rank 0
+        # alone says it (the launcher ends the run when any rank exits non-zero).
+        from .distributed import launched_rank, launched_size
+        if launched_size() > 1 and launched_rank() != 0:
+            self.exit(2)
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`(default: X)` after each option's help, once: not where the help already states its
+    default, and an empty default shown as '' rather than as nothing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default:" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.default == "":
+            return text + " (default: '')"
+        return super()._get_help_string(action)
 
 
 def int_at_least(lowest):
@@ -58,4 +76,12 @@ def unit_interval(text):
     v = finite_float(text)
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return v
+
+
+def below_one(text):
+    """A number in [0, 1): a fraction that must forget, like SGD momentum."""
+    v = finite_float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return v

@@ -1,6 +1,7 @@
 """The --out folder of a training run: one writer at a time, and no run replaced by accident.
 
     lock = RunLock(out)          # OUT/.lock, held until lock.release() or the process exits
+    prepare_out(out)             # OUT exists and is writable, or a one-line RunDirError
     holds_run(out)               # True when OUT already has a run's checkpoints or log
     remove_stale_temporaries(out)
 
@@ -75,6 +76,46 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+def prepare_out(out):
+    """Make the folder `out` (and its parents) if missing and check that files can be written in
+    it; a one-line RunDirError says what stands in the way. Leaves no file behind."""
+    why = _not_a_folder(out)
+    if why:
+        raise RunDirError(f"cannot use --out {out}: {why}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        why = _not_a_folder(e.filename or out) if e.errno in (errno.EEXIST, errno.ENOTDIR,
+                                                             errno.ELOOP) else None
+        raise RunDirError(f"cannot write to --out {out}: "
+                          f"{why or e.strerror or e}") from None
+
+
+def _not_a_folder(path):
+    """Why an existing `path` cannot be a folder (a file, a dangling link, a link loop), else
+    None. The path's parents are looked at too: a/b/c needs a and a/b to be folders."""
+    path = os.path.abspath(path)
+    while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            try:
+                os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    return f"{path} is a symbolic link that loops back on itself"
+            return (f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                    f"create that folder or choose another --out")
+        if os.path.exists(path) and not os.path.isdir(path):
+            return f"{path} is a file, not a folder"
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
 
 def _read_owner(fd):

@@ -158,7 +158,7 @@ def test_second_ctrl_c_quits_with_one_line_and_keeps_the_checkpoint(tmp_path, sy
 @pytest.mark.parametrize("args,words", [
     (["--grad-clip", "-1"], ["--grad-clip", ">= 0"]),
     (["--momentum", "-0.1"], ["--momentum"]),
-    (["--momentum", "1"], ["--momentum", "< 1"]),
+    (["--momentum", "1"], ["--momentum", "[0, 1)"]),
     (["--wd", "-5e-4"], ["--wd"]),
     (["--warmup-epochs", "-1"], ["--warmup-epochs"]),
     (["--warmup-epochs", "5", "--epochs", "2"], ["--warmup-epochs", "--epochs"]),
