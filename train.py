@@ -611,7 +611,8 @@ def main(argv=None):
             raise CheckpointError(f"cannot resume from {resume}: its saved position is damaged "
                                   f"or belongs to another data set ({why})")
         if saved_pos["epoch"] + (saved_pos["batch"] > 0) > cfg["epochs"]:
-            more = f" and {saved_pos['batch']} steps" if saved_pos["batch"] else ""
+            more = (f" and {saved_pos['batch']} step{'s' if saved_pos['batch'] > 1 else ''}"
+                    if saved_pos["batch"] else "")
             raise UsageError(f"cannot resume from {resume}: it has already trained "
                              f"{saved_pos['epoch']} epochs{more}, more than --epochs "
                              f"{cfg['epochs']}; ask for at least --epochs "

@@ -5,20 +5,20 @@
     holds_run(out)               # True when OUT already has a run's checkpoints or log
     remove_stale_temporaries(out)
 
-The lock is a file holding the owner's pid and host name, locked with flock(2). The kernel drops
-an flock when its process ends, however it ends (even SIGKILL), so a lock file left behind by a
-dead run is stale by construction: the next run locks it, says whose it was, and takes it over.
-A live owner keeps it locked, and a second run into the same folder is refused with one line.
+The lock is a file holding the owner's pid and host name, locked with flock(2) (lockfile.py): a
+lock file left behind by a dead run is stale by construction, and the next run locks it, says
+whose it was, and takes it over. A live owner keeps it locked, and a second run into the same
+folder is refused with one line.
 
 A save killed midway leaves its temporary file (".NAME.PID.HEX.tmp", see checkpoint.py, or
 "config.json.tmp") beside the checkpoint; the owner of the lock removes such files on start.
 """
 import atexit
 import errno
-import fcntl
 import os
 import re
-import socket
+
+from .lockfile import LockBusy, LockUnavailable, acquire, release
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
@@ -32,50 +32,22 @@ class RunDirError(Exception):
 class RunLock:
     def __init__(self, out):
         self.path = os.path.join(out, LOCK_NAME)
-        self.previous_owner = None        # "pid N on HOST" of a stale lock that was taken over
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as e:
-                raise RunDirError(f"cannot create lock file {self.path}: "
-                                  f"{e.strerror or e}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):   # no flock on this mount
-                    os.close(fd)
-                    raise RunDirError(f"cannot lock {self.path}: {e.strerror or e}; choose an "
-                                      f"--out on a file system with file locks") from None
-                owner = _read_owner(fd)
-                os.close(fd)
-                raise RunDirError(f"{out} is in use by another run ({owner or 'unknown owner'}, "
-                                  f"lock file {self.path}); wait for it to end or choose "
-                                  f"another --out") from None
-            # The previous owner may have removed the file between our open and our flock:
-            # then we hold a lock on a deleted file, and start again on the new one.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.previous_owner = _read_owner(fd) or None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
+        try:
+            self.fd, self.previous_owner = acquire(self.path)   # previous: a stale lock's owner
+        except LockUnavailable as e:
+            raise RunDirError(f"{e}; choose an --out on a file system with file locks"
+                              if e.no_flock else str(e)) from None
+        except LockBusy as e:
+            raise RunDirError(f"{out} is in use by another run ({e.owner or 'unknown owner'}, "
+                              f"lock file {self.path}); wait for it to end or choose "
+                              f"another --out") from None
         atexit.register(self.release)     # however the run ends, short of being killed
 
     def release(self):
-        """Remove the lock file and drop the lock (in that order: see the inode check above)."""
-        if self.fd is None:
-            return
-        try:
-            os.remove(self.path)
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
+        """Remove the lock file and drop the lock."""
+        if self.fd is not None:
+            release(self.path, self.fd)
+            self.fd = None
 
 
 def prepare_out(out):
@@ -116,13 +88,6 @@ def _not_a_folder(path):
         if parent == path:
             return None
         path = parent
-
-
-def _read_owner(fd):
-    try:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 def holds_run(out):
