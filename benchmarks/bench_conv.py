@@ -1,6 +1,6 @@
 """Convolution speed for the resnet18 layer shapes, next to the machine's own GEMM ceiling.
 
-    python benchmarks/bench_conv.py --batch 16 --repeats 5
+    python benchmarks/bench_conv.py --batch 16 --repeats 5 [--algo im2col|winograd|both]
 
 For each distinct conv shape of resnet18 on 32x32 inputs: best time of conv2d_forward and of
 conv2d_backward (input and weight gradient together), as GFLOP/s (forward 2·N·O·C·k²·Ho·Wo,
@@ -9,6 +9,11 @@ run (the practical ceiling for an im2col convolution), before any convolution an
 own threads over all cores (minirate's convolutions then run one thread per core, each with
 single-threaded BLAS). The last row sums all of resnet18's convolutions, each shape counted as
 often as the network has it.
+
+--algo winograd times minirate/layers/winograd.py on the 3x3 stride-1 shapes (the other shapes
+have no Winograd form and show im2col); its GFLOP/s are *effective*: the direct convolution's
+FLOPs over the time, so they may exceed the ceiling. "f32 err" is the worst entry of forward,
+dx and dW in float32 against the float64 im2col result, relative to the largest entry.
 """
 import argparse
 import os
@@ -20,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minirate.backend import cpu_threads  # noqa: E402
 from minirate.layers.conv import conv2d_backward, conv2d_forward, conv_out_size  # noqa: E402
+from minirate.layers.winograd import applies, winograd_backward, winograd_forward  # noqa: E402
 
 # (in channels, out channels, input size, kernel, stride, padding): how many resnet18 has
 SHAPES = {(3, 64, 32, 3, 1, 1): 1, (64, 64, 32, 3, 1, 1): 4, (64, 128, 32, 3, 2, 1): 1,
@@ -44,6 +50,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=16, help="N (use T*B for a multi-step layer)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--algo", choices=("im2col", "winograd", "both"), default="im2col")
     a = p.parse_args()
     rng = np.random.default_rng(0)
     A = rng.normal(size=(512, 4608)).astype(np.float32)
@@ -51,28 +58,48 @@ def main():
     ceiling = 2 * 512 * 4608 * 4096 / best_time(lambda: A @ B, a.repeats) / 1e9
     print(f"# conv2d, batch {a.batch}, float32, {cpu_threads()} CPU threads; matmul ceiling "
           f"(512x4608 @ 4608x4096): {ceiling:.1f} GFLOP/s\n")
-    print("| C->O | HxW | k/s | fwd ms | fwd GFLOP/s | fwd % ceiling | bwd ms | bwd GFLOP/s "
-          "| bwd % ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    total = np.zeros(4)                             # network: fwd flops, fwd s, bwd flops, bwd s
+    algos = ("im2col", "winograd") if a.algo == "both" else (a.algo,)
+    print("| C->O | HxW | k/s | algo | fwd ms | fwd GFLOP/s | fwd % ceiling | bwd ms | bwd GFLOP/s "
+          "| bwd % ceiling | f32 err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    total = {algo: np.zeros(4) for algo in algos}   # network: fwd flops, fwd s, bwd flops, bwd s
     for (C, O, H, k, s, pad), count in SHAPES.items():
         x = rng.normal(size=(a.batch, C, H, H)).astype(np.float32)
-        W = rng.normal(size=(O, C, k, k)).astype(np.float32)
+        W = (rng.normal(size=(O, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
         Ho = conv_out_size(H, k, s, pad)
         flops = 2 * a.batch * O * C * k * k * Ho * Ho
-        y, cache = conv2d_forward(x, W, None, s, pad)
-        dy = rng.normal(size=y.shape).astype(np.float32)
-        tf = best_time(lambda: conv2d_forward(x, W, None, s, pad), a.repeats)
-        tb = best_time(lambda: conv2d_backward(dy, cache), a.repeats)
-        total += count * np.array([flops, tf, 2 * flops, tb])
-        _row(f"{C}->{O}", f"{H}x{H}", f"{k}/{s}", flops, tf, tb, ceiling)
-    _row("resnet18, all", "", "", total[0], total[1], total[3], ceiling)
+        dy = rng.normal(size=(a.batch, O, Ho, Ho)).astype(np.float32)
+        y64, cache64 = conv2d_forward(x.astype(np.float64), W.astype(np.float64), None, s, pad)
+        ref = (y64,) + conv2d_backward(dy.astype(np.float64), cache64)[:2]
+        for name in algos:
+            algo = name
+            if algo == "winograd" and applies(W, s):
+                fwd = lambda: winograd_forward(x, W, None, pad)             # noqa: E731
+                bwd = winograd_backward
+            else:
+                fwd = lambda: conv2d_forward(x, W, None, s, pad)            # noqa: E731
+                bwd = conv2d_backward
+                algo = "im2col" if algo == "im2col" else "(im2col)"
+            y, cache = fwd()
+            err = max(_rel(g, r) for g, r in zip((y,) + bwd(dy, cache)[:2], ref))
+            tf = best_time(fwd, a.repeats)
+            tb = best_time(lambda: bwd(dy, cache), a.repeats)
+            total[name] += count * np.array([flops, tf, 2 * flops, tb])
+            _row(f"{C}->{O}", f"{H}x{H}", f"{k}/{s}", algo, flops, tf, tb, ceiling, f"{err:.1e}")
+    for algo in algos:
+        t = total[algo]
+        _row("resnet18, all", "", "", algo, t[0], t[1], t[3], ceiling, "")
 
 
-def _row(channels, size, ks, flops, tf, tb, ceiling):
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _row(channels, size, ks, algo, flops, tf, tb, ceiling, err):
     gf, gb = flops / tf / 1e9, 2 * flops / tb / 1e9
-    print(f"| {channels} | {size} | {ks} | {tf * 1e3:.1f} | {gf:.1f} | {100 * gf / ceiling:.0f} % | "
-          f"{tb * 1e3:.1f} | {gb:.1f} | {100 * gb / ceiling:.0f} % |", flush=True)
+    print(f"| {channels} | {size} | {ks} | {algo} | {tf * 1e3:.1f} | {gf:.1f} | "
+          f"{100 * gf / ceiling:.0f} % | {tb * 1e3:.1f} | {gb:.1f} | {100 * gb / ceiling:.0f} % "
+          f"| {err} |", flush=True)
 
 
 if __name__ == "__main__":
