@@ -44,6 +44,7 @@ from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.batchnorm import BatchStatisticsError
 from minirate.layers.lif import RESETS, SURROGATES
+from minirate.layers.winograd import ALGOS, set_conv_algo
 from minirate.losses import ce_mse, cross_entropy
 from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
 from minirate.methods.common import is_time_varying
@@ -68,7 +69,7 @@ DEFAULTS = dict(
     crop=True, flip=True, cutout=0, autoaugment=False,
     data_dir="data", download=True, out="runs/default", resume="", overwrite=False,
     max_steps=0, save_every=0,
-    eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True,
+    eval_batch_size=256, seed=0, device="cpu", dtype="float32", progress=True, conv_algo="im2col",
     sync_bn=True, mpi_timeout=300.0, workers=4, image_size=224,
     frame_size=48, split_by="count", event_split="", roll=5, cache_dir="",
     loss=None, loss_lambda=0.05,            # loss None: mean, or per-step for sltt and ottt
@@ -202,6 +203,9 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=nonnegative_int, default=d["seed"],
                    help="seed of the weights, the data order and the augmentation")
     g.add_argument("--device", choices=devices(), default=d["device"], help="cpu or cuda")
+    g.add_argument("--conv-algo", choices=ALGOS, default=d["conv_algo"],
+                   help="3x3 stride-1 convolutions: im2col, winograd, or auto (the faster, "
+                        "measured per layer shape on first use)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                    help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")
@@ -489,6 +493,7 @@ def main(argv=None):
     except ValueError as e:
         raise UsageError(str(e)) from None
     model.to(xp, dtype)
+    set_conv_algo(model, cfg["conv_algo"])
     if cfg["sync_bn"]:
         sync_batchnorm(model, comm)
     method = make_method(cfg["method"], model, cfg["T"], cfg["step_mode"], cfg["scale_grad_by_T"],

@@ -4,6 +4,8 @@ whether a change made the step slower, on a shared machine where only a side-by-
 alternating comparison means anything:
 
     for r in 1 2 3; do python benchmarks/step_time.py --repo OLD; python benchmarks/step_time.py; done
+
+A method written NAME+localN trains in N local blocks (`--local-blocks N`), e.g. bptt+local2.
 """
 import argparse
 import os
@@ -15,8 +17,11 @@ p.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath
 p.add_argument("--arch", default="resnet18")
 p.add_argument("--batch-size", type=int, default=16)
 p.add_argument("--T", type=int, default=4)
-p.add_argument("--methods", default="bptt,rate_m")
+p.add_argument("--methods", default="bptt,rate_m",
+               help="comma-separated; NAME+localN: NAME in N local blocks")
 p.add_argument("--repeats", type=int, default=3)
+p.add_argument("--conv-algo", default="im2col", choices=("im2col", "winograd", "auto"),
+               help="3x3 stride-1 convolutions (a --repo without Winograd: im2col only)")
 a = p.parse_args()
 sys.path.insert(0, os.path.abspath(a.repo))
 
@@ -33,7 +38,11 @@ cells = []
 for name in a.methods.split(","):
     model = build_model(a.arch, 10, 1.0, seed=0)
     model.to(np, np.float32)
-    method = make_method(name, model, a.T)
+    if a.conv_algo != "im2col":
+        from minirate.layers.winograd import set_conv_algo
+        set_conv_algo(model, a.conv_algo)
+    base, _, blocks = name.partition("+local")
+    method = make_method(base, model, a.T, local_blocks=int(blocks) if blocks else 1)
     model.zero_grad()
     method.step(x, y)                       # warm-up
     times = []
@@ -43,4 +52,5 @@ for name in a.methods.split(","):
         method.step(x, y)
         times.append(time.perf_counter() - t0)
     cells.append(f"{name} {min(times):.3f} s")
-print(f"{a.repo}: {a.arch}, batch {a.batch_size}, T={a.T}: " + ", ".join(cells), flush=True)
+print(f"{a.repo}: {a.arch}, batch {a.batch_size}, T={a.T}, {a.conv_algo}: " + ", ".join(cells),
+      flush=True)

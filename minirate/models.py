@@ -39,7 +39,7 @@ import numpy as np
 
 from .layers.block import BasicBlock
 from .layers.batchnorm import BatchNorm2d
-from .layers.container import Sequential, call, call_back
+from .layers.container import Sequential, backward_chain, call
 from .layers.conv import Conv2d
 from .layers.flatten import Flatten
 from .layers.lif import LIF
@@ -69,10 +69,8 @@ class Net(Sequential):
             x = call(part, x, run)
         return x
 
-    def backward(self, dy, back):
-        for part in reversed(self.parts):
-            dy = call_back(part, dy, back)
-        return dy
+    def backward(self, dy, back, need_dx=True):
+        return backward_chain(self.parts, dy, back, need_dx)
 
 
 def _ch(c, width):

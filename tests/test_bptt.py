@@ -32,13 +32,15 @@ def test_whole_network_gradients(step_mode, xp):
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 def test_input_gradient(step_mode, xp):
-    """dL/dx through the whole network: read off the first conv's backward."""
+    """dL/dx through the whole network: read off the first conv's backward, made to compute
+    the input gradient that the method itself does not ask for (need_dx=False)."""
     net, method, x, y, G = _setup(step_mode, seed=1, xp=xp)
     conv0 = net.children["conv0"].children["0"]
     captured = []
     original = conv0.backward
 
-    def spy(dy, cache):
+    def spy(dy, cache, need_dx=True):
+        assert not need_dx
         dx = original(dy, cache)
         captured.append(dx)
         return dx

@@ -19,7 +19,8 @@ def _frames(seed, T_=T):
 
 
 def _spy_first_conv(net):
-    """Record the input and the returned dx of the network's first convolution."""
+    """Record the input and the dx of the network's first convolution (computed here: the
+    methods themselves do not ask for the network input's gradient)."""
     conv0 = net.children["conv0"].children["0"]
     inputs, dxs = [], []
     fwd, bwd = conv0.forward, conv0.backward
@@ -28,7 +29,7 @@ def _spy_first_conv(net):
         inputs.append(x.copy())
         return fwd(x)
 
-    def backward(dy, cache):
+    def backward(dy, cache, need_dx=True):
         dx = bwd(dy, cache)
         dxs.append(dx)
         return dx

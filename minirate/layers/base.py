@@ -4,6 +4,8 @@ A leaf layer (conv, batchnorm, LIF, ...) offers
 
     y, cache = layer.forward(x)      # cache: a NamedTuple of exactly what backward needs
     dx = layer.backward(dy, cache)   # adds parameter gradients into layer.grads
+    layer.backward(dy, cache, need_dx=False)   # a layer with parameters whose input gradient
+                                               # nobody reads: the same, dx not computed (None)
 
 A container (Sequential, BasicBlock) only wires children together; see `container.py`.
 Training methods (`minirate/methods/`) decide which caches to keep; layers never know the method.

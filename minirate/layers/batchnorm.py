@@ -248,8 +248,9 @@ def batchnorm_fixed_stats_forward(x, gamma, beta, mean, var, eps, reduce_sum=Non
     return y, cache._replace(x_hat_mean=x_hat_mean)
 
 
-def batchnorm_backward(dy, cache, reduce_sum=None):
-    """(dx, dγ, dβ) for any forward above; dy and dx like x, dγ and dβ (C,).
+def batchnorm_backward(dy, cache, reduce_sum=None, need_dx=True):
+    """(dx, dγ, dβ) for any forward above; dy and dx like x, dγ and dβ (C,). need_dx=False:
+    dx is None, not computed (nor its sums over the processes, which every process skips alike).
 
     With `reduce_sum`, n, dβ and Σ dy · (x − μ) in dx are sums over every process (module
     docstring); the dγ, dβ returned are this process's own.
@@ -267,6 +268,8 @@ def batchnorm_backward(dy, cache, reduce_sum=None):
     sums = _by_samples(lambda a, b: (dy[a:b].sum(axis=axes), _channel_dot(dy[a:b], xc[a:b])), dy)
     dbeta = sum(part[0] for part in sums)
     dgamma = sum(part[1] for part in sums) * inv_std
+    if not need_dx:
+        return None, dgamma, dbeta
     n_all, dbeta_all, dgamma_all = n, dbeta, dgamma
     if cache.batch_stats and reduce_sum is not None:
         n_all, dbeta_all, dgamma_all = _sum_over_processes(reduce_sum, n, dbeta, dgamma)
@@ -398,9 +401,10 @@ class _BatchNorm(Module):
         return batchnorm_forward(x, w, b, self.buffers["running_mean"],
                                  self.buffers["running_var"], self.eps, batch_stats=False)
 
-    def backward(self, dy, cache):
-        """dx for `forward`'s cache; adds dγ, dβ into grads['weight'], grads['bias']."""
-        dx, dgamma, dbeta = batchnorm_backward(dy, cache, self.reduce_sum)
+    def backward(self, dy, cache, need_dx=True):
+        """dx for `forward`'s cache (None when not need_dx); adds dγ, dβ into grads['weight'],
+        grads['bias']."""
+        dx, dgamma, dbeta = batchnorm_backward(dy, cache, self.reduce_sum, need_dx)
         self.grads["weight"] += dgamma
         self.grads["bias"] += dbeta
         return dx
@@ -411,11 +415,11 @@ class _BatchNorm(Module):
         return batchnorm_fixed_stats_forward(x, self.params["weight"], self.params["bias"],
                                              mean, var, self.eps, self.reduce_sum)
 
-    def backward_fixed_stats(self, dy, cache):
+    def backward_fixed_stats(self, dy, cache, need_dx=True):
         """dx for `forward_fixed_stats`'s cache (module docstring); adds dγ, dβ into grads."""
         if cache.x_hat_mean is None:
             raise ValueError("backward_fixed_stats needs the cache of forward_fixed_stats")
-        return self.backward(dy, cache)
+        return self.backward(dy, cache, need_dx)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -5,6 +5,7 @@
 shortcut(x) = x when shape is kept, else BN(conv1x1_stride(x)). Children are named as the
 equivalent torch module: conv1, bn1, spike1, conv2, bn2, shortcut (a Sequential, empty for the
 identity), spike2. The residual add passes its gradient unchanged to both branches.
+backward(..., need_dx=False) computes no gradient of x (see container.py).
 """
 from .batchnorm import BatchNorm2d
 from .container import Container, Sequential, call, call_back
@@ -34,10 +35,11 @@ class BasicBlock(Container):
         out = run(self.bn2, run(self.conv2, out))
         return run(self.spike2, out + call(self.shortcut, x, run))
 
-    def backward(self, dy, back):
-        # children in exactly the reverse order of forward: shortcut first, then the main branch
+    def backward(self, dy, back, need_dx=True):
+        # children in exactly the reverse order of forward: shortcut first, then the main branch;
+        # without need_dx, x's two readers (conv1, the shortcut) compute no gradient of x
         d_sum = back(self.spike2, dy)            # d(out + shortcut(x)) reaches both branches
-        d_short = call_back(self.shortcut, d_sum, back)
+        d_short = call_back(self.shortcut, d_sum, back, need_dx)
         d_main = back(self.conv2, back(self.bn2, d_sum))
-        d_main = back(self.conv1, back(self.bn1, back(self.spike1, d_main)))
-        return d_main + d_short
+        d_main = call_back(self.conv1, back(self.bn1, back(self.spike1, d_main)), back, need_dx)
+        return d_main + d_short if need_dx else None

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import cpu_map, cpu_ranges, get_array_module
+from . import winograd
 from .base import Module
 
 # Chunks of samples on the CPU (see _chunks): CHUNK_BYTES of per-sample temporaries (cols in
@@ -216,23 +217,25 @@ def conv2d_forward(x, W, b, stride=1, padding=0):
     return y, Conv2dCache(x=x, W=W, stride=stride, padding=padding, has_bias=b is not None)
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, need_dx=True):
     """dy (N, O, Ho, Wo) -> (dx (N, C, H, W), dW (O, C, k, k), db (O,) or None).
 
     db = dy summed over n, i, j. dx and dW: `_backward_stride1` (stride 1, padding < k) builds
-    the windows of dy; `_backward_strided` (the rest) those of the input.
+    the windows of dy; `_backward_strided` (the rest) those of the input. need_dx=False: nobody
+    reads dx (the layer's input is the data, or a constant), so dx is None and neither its GEMM
+    nor col2im runs; dW is computed exactly as with dx (same chunks, same sums).
     """
     x, W, stride, padding = cache.x, cache.W, cache.stride, cache.padding
     k = W.shape[2]
     if stride == 1 and padding <= k - 1:
-        dx, dW = _backward_stride1(dy, x, W, padding)
+        dx, dW = _backward_stride1(dy, x, W, padding, need_dx)
     else:
-        dx, dW = _backward_strided(dy, x, W, stride, padding)
+        dx, dW = _backward_strided(dy, x, W, stride, padding, need_dx)
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dW, db
 
 
-def _backward_stride1(dy, x, W, padding):
+def _backward_stride1(dy, x, W, padding, need_dx=True):
     """Stride 1: both gradients from one im2col, that of dy zero-padded by k − 1 − padding.
 
     dx[n, c, h, w] = Σ_{o,p,q} W[o, c, p, q] dy[n, o, h + padding − p, w + padding − q] is itself
@@ -243,14 +246,17 @@ def _backward_stride1(dy, x, W, padding):
         dx2 = Wf2 @ D,    Wf[c, o, p', q'] = W[o, c, k−1−p', k−1−q']        (C, N*H*W)
         G   = D @ x2.T,   dW[o, c, p, q]   = G[(o, k−1−p, k−1−q), c]         (O*k*k, C)
 
-    Chunk by chunk of samples, like the forward; no col2im and no im2col of x.
+    Chunk by chunk of samples, like the forward; no col2im and no im2col of x. need_dx=False:
+    G only (dx is None).
     """
     xp = get_array_module(dy)
     O, C, k, _ = W.shape
     N, _, H, Wd = x.shape
     OKK, HW, pad = O * k * k, H * Wd, k - 1 - padding
-    Wf2 = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]).reshape(C, OKK)
-    dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
+    dx = None
+    if need_dx:
+        Wf2 = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]).reshape(C, OKK)
+        dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
 
     def fill(start, stop):                                    # dx[start:stop] and its part of G
         G = xp.zeros((OKK, C), dtype=xp.result_type(dy, x))
@@ -259,7 +265,8 @@ def _backward_stride1(dy, x, W, padding):
         for n0, n1 in chunks:
             n = n1 - n0
             D = im2col(dy[n0:n1], k, 1, pad, out=buf[:OKK * n * HW].reshape(OKK, -1))
-            dx[n0:n1] = from_rows(Wf2 @ D, n, H, Wd, 1)     # (C, n*H*W) -> (n, C, H, W)
+            if need_dx:
+                dx[n0:n1] = from_rows(Wf2 @ D, n, H, Wd, 1)  # (C, n*H*W) -> (n, C, H, W)
             G += D @ to_rows(x[n0:n1], 1).T                  # (O*k*k, n*H*W) @ (n*H*W, C)
         return G
 
@@ -268,32 +275,37 @@ def _backward_stride1(dy, x, W, padding):
     return dx, xp.ascontiguousarray(dW)
 
 
-def _backward_strided(dy, x, W, stride, padding):
+def _backward_strided(dy, x, W, stride, padding, need_dx=True):
     """Any stride: chunk by chunk of samples, with cols rebuilt from the cached input and dy2 the
-    chunk of dy as (O, n*Ho*Wo):  dW2 += dy2 @ cols.T,  dx = col2im(W2.T @ dy2).
+    chunk of dy as (O, n*Ho*Wo):  dW2 += dy2 @ cols.T,  dx = col2im(W2.T @ dy2). need_dx=False:
+    dW2 only (dx is None), in the same chunks as with dx, so that dW2 sums the same products.
     """
     xp = get_array_module(dy)
     O, C, k, _ = W.shape
     N, _, Ho, Wo = dy.shape
     CKK, HW = C * k * k, Ho * Wo
     W2 = W.reshape(O, CKK)                                    # (O, C, k, k) -> (O, C*k*k)
-    dx = xp.empty(x.shape, dtype=xp.result_type(W, dy))
+    dx_dtype = xp.result_type(W, dy)
+    dx = xp.empty(x.shape, dtype=dx_dtype) if need_dx else None
+    sample_bytes = CKK * HW * (x.itemsize + dx_dtype.itemsize)   # cols and dcols
 
     def fill(start, stop):                                    # dx[start:stop] and its part of dW2
         dW2 = xp.zeros((O, CKK), dtype=xp.result_type(dy, x))
-        chunks = _chunks(xp, start, stop, HW, CKK * HW * (x.itemsize + dx.itemsize))
+        chunks = _chunks(xp, start, stop, HW, sample_bytes)
         size = CKK * (chunks[0][1] - start) * HW
-        buf, dbuf = xp.empty(size, dtype=x.dtype), xp.empty(size, dtype=dx.dtype)  # cols, dcols
+        buf = xp.empty(size, dtype=x.dtype)                   # cols
+        dbuf = xp.empty(size, dtype=dx_dtype) if need_dx else None   # dcols
         for n0, n1 in chunks:
             n = n1 - n0
             cols = im2col(x[n0:n1], k, stride, padding, out=buf[:CKK * n * HW].reshape(CKK, -1))
             dy2 = to_rows(dy[n0:n1], stride)                 # (O, n*Ho*Wo)
             dW2 += dy2 @ cols.T                               # (O, C*k*k)
-            dcols = xp.matmul(W2.T, dy2, out=dbuf[:CKK * n * HW].reshape(CKK, -1))
-            col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
+            if need_dx:
+                dcols = xp.matmul(W2.T, dy2, out=dbuf[:CKK * n * HW].reshape(CKK, -1))
+                col2im(dcols, dx[n0:n1].shape, k, stride, padding, out=dx[n0:n1])
         return dW2
 
-    dW2 = sum(cpu_map(fill, cpu_ranges(xp, N, CKK * HW * (x.itemsize + dx.itemsize))))
+    dW2 = sum(cpu_map(fill, cpu_ranges(xp, N, sample_bytes)))
     return dx, dW2.reshape(W.shape)                           # (O, C*k*k) -> (O, C, k, k)
 
 
@@ -317,13 +329,19 @@ class Conv2d(Module):
         if bias:
             self.add_param("bias", rng.uniform(-bound, bound, out_channels).astype(np.float32),
                            decay=False)
+        self.algo = "im2col"      # or "winograd", "auto": see winograd.choose and set_conv_algo
 
     def forward(self, x):
-        return conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                              self.stride, self.padding)
+        W, b = self.params["weight"], self.params.get("bias")
+        if winograd.choose(self.algo, x, W, b, self.stride, self.padding) == "winograd":
+            return winograd.winograd_forward(x, W, b, self.padding)
+        return conv2d_forward(x, W, b, self.stride, self.padding)
 
-    def backward(self, dy, cache):
-        dx, dW, db = conv2d_backward(dy, cache)
+    def backward(self, dy, cache, need_dx=True):
+        if isinstance(cache, winograd.WinogradCache):         # the forward ran Winograd
+            dx, dW, db = winograd.winograd_backward(dy, cache, need_dx)
+        else:
+            dx, dW, db = conv2d_backward(dy, cache, need_dx)
         self.grads["weight"] += dW
         if db is not None:
             self.grads["bias"] += db

@@ -30,12 +30,13 @@ def linear_forward(x, W, b=None):
     return y.reshape(x.shape[:-1] + (out_f,)), LinearCache(x=x, W=W, has_bias=b is not None)
 
 
-def linear_backward(dy, cache):
-    """dy (..., out) -> (dx (..., in), dW (out, in), db (out,) or None)."""
+def linear_backward(dy, cache, need_dx=True):
+    """dy (..., out) -> (dx (..., in), dW (out, in), db (out,) or None); dx is None (not
+    computed) when need_dx is False."""
     x, W = cache.x, cache.W
     out_f, in_f = W.shape
     dy2 = dy.reshape(-1, out_f)                   # (..., out) -> (M, out)
-    dx = (dy2 @ W).reshape(x.shape)               # (M, in) -> (..., in)
+    dx = (dy2 @ W).reshape(x.shape) if need_dx else None   # (M, in) -> (..., in)
     dW = dy2.T @ x.reshape(-1, in_f)              # (out, M) @ (M, in)
     db = dy2.sum(axis=0) if cache.has_bias else None
     return dx, dW, db
@@ -58,8 +59,8 @@ class Linear(Module):
     def forward(self, x):
         return linear_forward(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, dy, cache):
-        dx, dW, db = linear_backward(dy, cache)
+    def backward(self, dy, cache, need_dx=True):
+        dx, dW, db = linear_backward(dy, cache, need_dx)
         self.grads["weight"] += dW
         if db is not None:
             self.grads["bias"] += db

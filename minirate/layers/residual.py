@@ -17,10 +17,11 @@ Pre-activation block on a real-valued residual stream (no neuron on the stream i
 Children: sn1, conv1, bn1, sn2, conv2, bn2, downsample (Sequential conv 1x1, BN).
 
 Backward: an add passes its gradient unchanged to both terms; a value used twice (x, a) gets the
-sum of the gradients of its uses.
+sum of the gradients of its uses. backward(..., need_dx=False) computes no gradient of x, nor
+of anything only x's gradient would read (see container.py).
 """
 from .batchnorm import BatchNorm2d
-from .container import Container, Sequential, call, call_back
+from .container import Container, Sequential, call, call_back, has_params
 from .conv import Conv2d
 
 
@@ -54,14 +55,15 @@ class SEWBlock(Container):
             return s + x
         return s + run(self.downsample_sn, call(self.downsample, x, run))
 
-    def backward(self, dy, back):
+    def backward(self, dy, back, need_dx=True):
         # children in exactly the reverse order of forward: shortcut first, then the main branch
         if self.downsample is None:
             dx = dy
         else:
-            dx = call_back(self.downsample, back(self.downsample_sn, dy), back)
+            dx = call_back(self.downsample, back(self.downsample_sn, dy), back, need_dx)
         d = back(self.conv2, back(self.bn2, back(self.sn2, dy)))
-        return dx + back(self.conv1, back(self.bn1, back(self.sn1, d)))
+        d = call_back(self.conv1, back(self.bn1, back(self.sn1, d)), back, need_dx)
+        return dx + d if need_dx else None
 
 
 class PreActBlock(Container):
@@ -86,8 +88,16 @@ class PreActBlock(Container):
         h = run(self.bn2, run(self.conv2, run(self.sn2, h)))
         return h + (x if self.downsample is None else call(self.downsample, a, run))
 
-    def backward(self, dy, back):
-        dx, da = (dy, 0) if self.downsample is None else (0, call_back(self.downsample, dy, back))
+    def backward(self, dy, back, need_dx=True):
+        # a = sn1(x) feeds conv1 and the downsample; without need_dx, and with sn1 free of
+        # parameters, nobody reads the gradient of a either
+        need_da = need_dx or has_params(self.sn1)
+        dx, da = (dy, 0) if self.downsample is None else \
+            (0, call_back(self.downsample, dy, back, need_da))
         d = back(self.sn2, back(self.conv2, back(self.bn2, dy)))
-        da = da + back(self.conv1, back(self.bn1, d))
-        return dx + back(self.sn1, da)
+        d = call_back(self.conv1, back(self.bn1, d), back, need_da)
+        if not need_da:
+            return None
+        da = da + d
+        dx_a = call_back(self.sn1, da, back, need_dx)
+        return dx + dx_a if need_dx else None

@@ -82,8 +82,8 @@ class ScaledWSConv2d(Conv2d):
         y, op = conv2d_forward(x, W_hat, self.params.get("bias"), self.stride, self.padding)
         return y, ScaledWSCache(op=op, ws=ws)
 
-    def backward(self, dy, cache):
-        dx, dW_hat, db = conv2d_backward(dy, cache.op)
+    def backward(self, dy, cache, need_dx=True):
+        dx, dW_hat, db = conv2d_backward(dy, cache.op, need_dx)
         dW, dgain = standardize_weight_backward(dW_hat, cache.ws)
         self.grads["weight"] += dW
         self.grads["gain"] += dgain.reshape(self.grads["gain"].shape)
@@ -107,8 +107,8 @@ class ScaledWSLinear(Linear):
         y, op = linear_forward(x, W_hat, self.params.get("bias"))
         return y, ScaledWSCache(op=op, ws=ws)
 
-    def backward(self, dy, cache):
-        dx, dW_hat, db = linear_backward(dy, cache.op)
+    def backward(self, dy, cache, need_dx=True):
+        dx, dW_hat, db = linear_backward(dy, cache.op, need_dx)
         dW, dgain = standardize_weight_backward(dW_hat, cache.ws)
         self.grads["weight"] += dW
         self.grads["gain"] += dgain

@@ -17,8 +17,8 @@ from ..backend import get_array_module
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import (back_through_step, check_frames, input_at, input_over_time, mean_over_time,
-                     per_step_loss, run_keeping_step, spread_over_time)
+from .common import (back_through_step, check_frames, input_at, input_over_time, leaf_backward,
+                     mean_over_time, per_step_loss, run_keeping_step, spread_over_time)
 
 
 class BPTT:
@@ -48,8 +48,8 @@ class BPTT:
             out, caches[layer] = layer.forward(h, T) if isinstance(layer, LIF) else layer.forward(h)
             return out
 
-        def back(layer, dh):
-            return layer.backward(dh, caches.pop(layer))
+        def back(layer, dh, need_dx=True):
+            return leaf_backward(layer.backward, dh, caches.pop(layer), need_dx)
 
         out = self.model.forward(input_over_time(x, T), run)         # (T*B, K)
         self.kept_bytes = cache_nbytes(caches, exclude=self.model.params_list())
@@ -59,7 +59,7 @@ class BPTT:
         else:
             loss, dlogits = loss_fn(logits, y)
             dout = spread_over_time(dlogits, T)
-        self.model.backward(dout, back)
+        self.model.backward(dout, back, need_dx=False)     # nobody reads the input's gradient
         return loss, logits
 
     def _step_single(self, x, y, loss_fn):
@@ -81,6 +81,6 @@ class BPTT:
         du_post = {}                            # LIF layer -> dL/du⁺ flowing from step t+1
 
         for t in reversed(range(T)):
-            self.model.backward(douts[t], back_through_step(caches[t], du_post))
+            self.model.backward(douts[t], back_through_step(caches[t], du_post), need_dx=False)
             caches[t] = None                    # free step t's caches as soon as possible
         return loss, logits

@@ -84,6 +84,13 @@ def per_step_loss(out, y, loss_fn, T):
     return total, (dout / T).reshape(out.shape)
 
 
+def leaf_backward(backward, dh, cache, need_dx=True):
+    """backward(dh, cache) of a leaf layer, or backward(dh, cache, need_dx=False) when nobody
+    reads its input gradient (then None: the network input, a local block's input). Containers
+    pass need_dx=False only to layers with parameters (see layers/container.py)."""
+    return backward(dh, cache) if need_dx else backward(dh, cache, need_dx=False)
+
+
 # -- one step of a single-step pass, kept for backward (BPTT 's', truncated BPTT windows) -----
 def run_keeping_step(caches_t, u_post):
     """Forward callback of one step that keeps the step's caches in `caches_t` ({layer: cache});
@@ -100,9 +107,9 @@ def run_keeping_step(caches_t, u_post):
 def back_through_step(caches_t, du_post):
     """Backward callback of one step, from its caches; LIF layers take dL/du⁺ of the later step
     from `du_post` and leave their own there for the earlier one."""
-    def back(layer, dh):
+    def back(layer, dh, need_dx=True):
         if isinstance(layer, LIF):
             dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer), caches_t[layer])
             return dI
-        return layer.backward(dh, caches_t[layer])
+        return leaf_backward(layer.backward, dh, caches_t[layer], need_dx)
     return back

@@ -41,7 +41,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..layers.batchnorm import BatchNorm2d
-from ..layers.container import Container, Sequential, call, call_back
+from ..layers.container import Container, Sequential, backward_chain, call, call_back
 from ..layers.conv import Conv2d
 from ..layers.flatten import Flatten
 from ..layers.linear import Linear
@@ -162,12 +162,10 @@ class Block(Container):
             self.outputs.append(x)
         return x if self.head is None else call(self.head, x, run)
 
-    def backward(self, dy, back):
+    def backward(self, dy, back, need_dx=True):
         if self.head is not None:
             dy = call_back(self.head, dy, back)
-        for m in reversed(self.body):
-            dy = call_back(m, dy, back)
-        return dy
+        return backward_chain(self.body, dy, back, need_dx)
 
     def take_output(self, T, B):
         """The body's output over the first T·B samples it was run on: (T, B, ...)."""

@@ -48,8 +48,8 @@ from ..layers.base import cache_nbytes
 from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.lif import LIF, lif_rate_backward, rate_and_eligibility
 from ..losses import cross_entropy
-from .common import (check_frames, input_at, input_mean, input_over_time, mean_over_time,
-                     per_step_loss)
+from .common import (check_frames, input_at, input_mean, input_over_time, leaf_backward,
+                     mean_over_time, per_step_loss)
 
 BN_TYPES = (BatchNorm1d, BatchNorm2d)
 
@@ -134,12 +134,12 @@ class RateBP:
             out, caches[layer] = layer.forward(h)
             return out
 
-        def back(layer, dh):
+        def back(layer, dh, need_dx=True):
             if isinstance(layer, LIF):
                 return lif_rate_backward(dh, caches.pop(layer))
             if isinstance(layer, BN_TYPES):
-                return layer.backward_fixed_stats(dh, caches.pop(layer))
-            return layer.backward(dh, caches.pop(layer))
+                return leaf_backward(layer.backward_fixed_stats, dh, caches.pop(layer), need_dx)
+            return leaf_backward(layer.backward, dh, caches.pop(layer), need_dx)
 
         logits = self.model.forward(input_mean(x), run)   # (B, K): rate pass on the mean input
         self.kept_bytes = cache_nbytes(stats, caches, exclude=self.model.params_list())
@@ -147,5 +147,5 @@ class RateBP:
             loss, dlogits = loss_fn(logits, y)
         if self.scale_grad_by_T:
             dlogits = dlogits / self.T
-        self.model.backward(dlogits, back)
+        self.model.backward(dlogits, back, need_dx=False)   # nobody reads the input's gradient
         return loss, logits

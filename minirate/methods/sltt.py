@@ -37,7 +37,7 @@ import numpy as np
 from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
-from .common import check_frames, input_at
+from .common import check_frames, input_at, leaf_backward
 
 
 class SLTT:
@@ -94,7 +94,7 @@ class SLTT:
             if caches is None:
                 continue
             kept = max(kept, cache_nbytes(caches, state, exclude=params))
-            self.model.backward(dout / T, self.back(caches))
+            self.model.backward(dout / T, self.back(caches), need_dx=False)
             if self.update_each_step:
                 after_step()
         self.kept_bytes = kept
@@ -114,9 +114,9 @@ class SLTT:
 
     def back(self, caches):
         """back() of one step's spatial graph: LIF layers get no gradient from the next step."""
-        def back(layer, dh):
+        def back(layer, dh, need_dx=True):
             cache = caches.pop(layer)
             if isinstance(layer, LIF):
                 return layer.step_backward(dh, None, cache)[0]      # dI_t = ds_t · sg_t
-            return layer.backward(dh, cache)
+            return leaf_backward(layer.backward, dh, cache, need_dx)
         return back

@@ -32,7 +32,8 @@ from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
 from .common import (back_through_step, check_frames, input_at, input_over_time,
-                     is_time_varying, mean_over_time, run_keeping_step, spread_over_time)
+                     is_time_varying, leaf_backward, mean_over_time, run_keeping_step,
+                     spread_over_time)
 
 UPDATES = ("per-batch", "per-window")
 
@@ -106,14 +107,14 @@ class TBPTT:
             out, caches[layer] = layer.forward(h)
             return out
 
-        def back(layer, dh):
-            return layer.backward(dh, caches.pop(layer))
+        def back(layer, dh, need_dx=True):
+            return leaf_backward(layer.backward, dh, caches.pop(layer), need_dx)
 
         out = self.model.forward(input_over_time(xw, k), run)       # (k*B, K)
         kept = cache_nbytes(caches, exclude=self.model.params_list())
         z = mean_over_time(out, k)
         loss, dz = loss_fn(z, y)
-        self.model.backward(spread_over_time(dz, k), back)
+        self.model.backward(spread_over_time(dz, k), back, need_dx=False)
         return loss, z, kept
 
     def _window_single(self, xw, k, y, loss_fn, state, carry):
@@ -130,6 +131,6 @@ class TBPTT:
         du_post = {}                            # LIF layer -> dL/du⁺ from step i+1 (none at t1−1)
 
         for i in reversed(range(k)):
-            self.model.backward(dz / k, back_through_step(caches[i], du_post))
+            self.model.backward(dz / k, back_through_step(caches[i], du_post), need_dx=False)
             caches[i] = None                    # free step i's caches as soon as possible
         return loss, z, kept

@@ -118,9 +118,9 @@ def time_average_limit(model, x, y, T):
     recorded = []
     layers = [m for _, m in model.named_modules() if isinstance(m, tuple(LAYER_INPUT))]
     for layer in layers:
-        def record(dy, cache, layer=layer, backward=layer.backward):
+        def record(dy, cache, need_dx=True, layer=layer, backward=layer.backward):
             recorded.append((layer, dy, cache))
-            return backward(dy, cache)
+            return backward(dy, cache, need_dx=need_dx)
         layer.backward = record             # an instance attribute shadows the method...
     try:
         _gradients(model, BPTT(model, T, "m"), x, y)
