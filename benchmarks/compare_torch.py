@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minirate.backend import (DeviceError, cpu_threads, get_xp, set_cpu_threads,  # noqa: E402
                               synchronize)
 from minirate.cli import ArgumentParser, positive_int  # noqa: E402
+from minirate.layers.winograd import ALGOS, set_conv_algo  # noqa: E402
 from minirate.methods import make_method  # noqa: E402
 from minirate.models import build_model  # noqa: E402
 from minirate.study.common import peak_step_bytes  # noqa: E402
@@ -241,6 +242,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--tf32", action="store_true", help="TF32 matrix products on both sides")
+    p.add_argument("--conv-algo", choices=ALGOS, default="im2col",
+                   help="minirate's 3x3 stride-1 convolutions (PyTorch's side is unchanged)")
     p.add_argument("--check", action="store_true", help="float64 gradient agreement, CPU")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     a = p.parse_args(argv)
@@ -279,7 +282,8 @@ def main(argv=None):
              f"{torch.backends.cudnn.version()}" if a.device == "cuda"
              else f"CPU, {torch.get_num_threads()} torch threads, {cpu_threads()} minirate threads")
     print(f"# resnet18, batch {a.batch_size}, float32, TF32 {'on' if a.tf32 else 'off'} for both, "
-          f"torch {torch.__version__}, {where}; median of {a.repeats} after a warm-up\n")
+          f"torch {torch.__version__}, {where}; minirate convolutions {a.conv_algo}; median of "
+          f"{a.repeats} after a warm-up\n")
     print("| method | T | minirate ms/step | PyTorch ms/step | time ratio | minirate peak MiB |"
           " PyTorch peak MiB | memory ratio |")
     print("|---|---|---|---|---|---|---|---|")
@@ -311,7 +315,7 @@ def main(argv=None):
 def measure(a, xp, dev, name, T, minirate_batch, torch_batch):
     """One row: both sides' median step time (and on the GPU their peak step memory)."""
     (xm, ym), (xt, yt) = minirate_batch, torch_batch
-    model = build_model("resnet18").to(xp)
+    model = set_conv_algo(build_model("resnet18").to(xp), a.conv_algo)
     method = make_method(name, model, T)
     net = torch_resnet18(T).to(dev).train()
     copy_weights(build_model("resnet18"), net)

@@ -26,6 +26,8 @@
 #   5 memory_time  python -m minirate.study memory-time --device cuda, resnet18, T = 1, 2, 4, 8
 #   6 profile      benchmarks/profile_step.py: share of conv, LIF, batchnorm, launches in a step,
 #                  with the fused kernels (MINIRATE_FUSED=1) and without (MINIRATE_FUSED=0)
+#   7 conv         benchmarks/bench_conv.py --device cuda --algo both: im2col and Winograd timed
+#                  on every resnet18 conv shape, batch 128, against the GPU's own GEMM ceiling
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -84,6 +86,8 @@ if [ "$DEVICE" = cuda ]; then
     FUSED="--device cuda"
     FUSED_RUN=""
     NCCL="--device cuda --expect nccl"
+    CONV="--device cuda --algo both --batch 128 --repeats 3"
+    CONV_RUN=""
 else            # the same stages on the CPU, sized to take seconds
     AGREE="--devices cpu,cpu --steps 3 --batch-size 8"
     TRAIN="--arch small --width 0.5 --T 1 --batch-size 50 --lr 0.1"
@@ -93,6 +97,8 @@ else            # the same stages on the CPU, sized to take seconds
     FUSED="--device strict --batch 4 --T 2 --channels 8 --size 8 --repeat 2"
     FUSED_RUN="-m tests.strict_run"      # the kernels compiled for the host, on the stand-in
     NCCL="--device strict --python '$PY -m tests.strict_run' --expect nccl"   # NCCL stand-in
+    CONV="--device strict --algo both --batch 2 --repeats 1 --width 0.0625"
+    CONV_RUN="-m tests.strict_run"       # the device path on the stand-in
 fi
 
 stage env 30 "echo \"python: \$PY\"; nvidia-smi; python -c 'import sys; print(sys.version)';
@@ -128,6 +134,8 @@ stage memory_time 90 "python -m minirate.study memory-time $STUDY --out '$OUT/me
 stage profile 90 "MINIRATE_FUSED=1 python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile.json' &&
 echo && echo '-- the same without the fused kernels (MINIRATE_FUSED=0):' &&
 MINIRATE_FUSED=0 python benchmarks/profile_step.py $PROF --repeats 3 --json '$OUT/profile_unfused.json'"
+
+stage conv 45 "python $CONV_RUN benchmarks/bench_conv.py $CONV"
 
 echo "" >> "$SUMMARY"
 echo "total: $((SECONDS - START)) s of a budget of $BUDGET s; $FAILED stage(s) failed" >> "$SUMMARY"

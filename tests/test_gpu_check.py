@@ -93,10 +93,10 @@ def test_gpu_check_script_keeps_its_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = open(tmp_path / "SUMMARY.md").read()
     for stage in ("env", "tests", "fused", "agreement", "train", "nccl", "torch", "memory_time",
-                  "profile"):
+                  "profile", "conv"):
         assert f"| {stage} |" in summary
     assert "| env | ok |" in summary
-    assert summary.count("skipped:") >= 7
+    assert summary.count("skipped:") >= 8
     assert (tmp_path / "env.log").exists() and "numpy" in (tmp_path / "env.log").read_text()
 
 
@@ -145,6 +145,6 @@ def test_gpu_check_script_goes_on_past_failed_stages(tmp_path):
     assert r.returncode == 1
     summary = open(tmp_path / "SUMMARY.md").read()
     for stage in ("tests", "fused", "agreement", "train", "nccl", "torch", "memory_time",
-                  "profile"):
+                  "profile", "conv"):
         assert f"| {stage} | FAILED (exit 1) |" in summary
-    assert "8 stage(s) failed" in summary
+    assert "9 stage(s) failed" in summary

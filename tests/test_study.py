@@ -312,3 +312,50 @@ def test_checkpoint_of_local_training_loads_with_its_aux_heads(tmp_path, capsys)
     code, _, err = study_here(["firing", "--checkpoint", path, "--batch-size", "4", "--out",
                                str(tmp_path / "f")], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("algo", ["im2col", "winograd"])
+def test_cli_memory_time_runs_the_conv_algo_asked_for(tmp_path, monkeypatch, capsys, algo):
+    """--conv-algo reaches every model the study builds: winograd_forward runs for each 3x3
+    stride-1 convolution under winograd, and never under im2col."""
+    from minirate.layers import winograd
+    ran, original = [], winograd.winograd_forward
+
+    def counted(x, W, *args, **kw):
+        ran.append(W.shape)
+        return original(x, W, *args, **kw)
+
+    monkeypatch.setattr(winograd, "winograd_forward", counted)
+    code, out, err = study_here(["memory-time", "--conv-algo", algo, "--methods", "bptt,rate_m",
+                                 "--T", "1", "--width", "0.25", "--batch-size", "2", "--steps",
+                                 "1", "--warmup", "0", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "memory_time.json").read_text())
+    assert doc["info"]["conv_algo"] == algo
+    assert {row["method"] for row in doc["rows"]} == {"bptt", "rate_m"}
+    model = build_model("small", 10, 0.25)
+    shapes_3x3 = {m.params["weight"].shape for _, m in model.named_modules()
+                  if hasattr(m, "algo") and winograd.applies(m.params["weight"], m.stride)}
+    if algo == "im2col":
+        assert ran == []
+    else:   # two methods, each a timed step and a measured step, every 3x3 conv in each
+        assert shapes_3x3 and set(ran) == shapes_3x3
+        assert len(ran) >= 2 * 2 * len(shapes_3x3)
+
+
+def test_cli_gradients_same_under_winograd(tmp_path, capsys):
+    """float64 Winograd is exact to rounding: the gradient study's figures do not move."""
+    rows = {}
+    for algo in ("im2col", "winograd"):
+        out = tmp_path / algo
+        code, _, err = study_here(["gradients", "--conv-algo", algo, "--methods", "rate_m",
+                                   "--T", "2", "--width", "0.25", "--batch-size", "2",
+                                   "--out", str(out)], capsys)
+        assert code == 0, err
+        rows[algo] = json.loads((out / "gradients.json").read_text())["rows"]
+    assert len(rows["im2col"]) == len(rows["winograd"]) > 1
+    for a, b in zip(rows["im2col"], rows["winograd"]):
+        assert (a["method"], a["T"], a["param"]) == (b["method"], b["T"], b["param"])
+        if a["cosine"] is not None:
+            assert abs(a["cosine"] - b["cosine"]) < 1e-9, a["param"]
+            assert abs(a["norm_ratio"] - b["norm_ratio"]) < 1e-9, a["param"]

@@ -125,16 +125,51 @@ def test_auto_choice_is_measured_once_per_shape(monkeypatch):
     for _ in range(3):
         assert winograd.choose("auto", x8, W, None, 1, 1) == "winograd"
         assert winograd.choose("auto", x4, W, None, 1, 1) == "im2col"
-    assert len(calls) == 4 and len(lines) == 2                 # each shape measured, logged once
+    runs = 2 * 2 * (1 + winograd.AUTO_ROUNDS)     # two shapes, two algorithms, warm-up + rounds
+    assert len(calls) == runs and len(lines) == 2              # each shape measured, logged once
     assert [line.split(": ")[2].split()[0] for line in lines] == ["winograd", "im2col"]
     assert not any("\n" in line for line in lines)
     # 1x1 kernels and stride 2 stay im2col without any measurement; winograd is forced elsewhere
     assert winograd.choose("auto", x8, np.zeros((4, 3, 1, 1)), None, 1, 0) == "im2col"
     assert winograd.choose("winograd", x8, W, None, 2, 1) == "im2col"
     assert winograd.choose("winograd", x4, W, None, 1, 1) == "winograd"
-    assert len(calls) == 4
+    assert len(calls) == runs
     with pytest.raises(ValueError):
         winograd.choose("fft", x8, W, None, 1, 1)
+
+
+def test_auto_choice_keeps_the_best_run_of_each(monkeypatch):
+    """A noisy series: im2col has one fast run among slow ones, winograd is steady in between.
+    The minima decide (im2col), not the mean, the last run or the untimed warm-up (winograd's
+    is the fastest run of all); the log line gives both minima."""
+    monkeypatch.setattr(winograd, "AUTO_ROUNDS", 3)
+    series = {"im2col": [9.0, 5.0, 1.0, 5.0], "winograd": [0.1, 2.0, 2.0, 2.0]}   # warm-up first
+    order, lines = [], []
+
+    def measure(algo, x, W, b, padding, stride=1):
+        order.append(algo)
+        return series[algo].pop(0)
+
+    monkeypatch.setattr(winograd, "choices", {})
+    monkeypatch.setattr(winograd, "measure", measure)
+    monkeypatch.setattr(winograd, "log", lines.append)
+    W, x = np.zeros((4, 3, 3, 3), np.float32), np.zeros((2, 3, 8, 8), np.float32)
+    assert winograd.choose("auto", x, W, None, 1, 1) == "im2col"
+    assert series == {"im2col": [], "winograd": []}               # 1 + AUTO_ROUNDS runs each
+    # warm-ups, then rounds in alternating order: a burst of load reaches both algorithms
+    assert order == ["im2col", "winograd", "im2col", "winograd", "winograd", "im2col",
+                     "im2col", "winograd"]
+    assert len(lines) == 1
+    assert "im2col 1000.00 ms, winograd 2000.00 ms" in lines[0] and "best of 3" in lines[0]
+    assert winograd.choose("auto", x, W, None, 1, 1) == "im2col" and len(order) == 8
+
+
+def test_measure_times_one_forward_and_backward():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    for algo in ("im2col", "winograd"):
+        assert 0 < winograd.measure(algo, x, W, None, 1) < 10
 
 
 def test_conv2d_module_runs_the_chosen_algorithm():

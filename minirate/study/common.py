@@ -21,6 +21,7 @@ from ..data.augment import normalize
 from ..data.cifar import SAMPLE, SPECS, load_cifar
 from ..data.events import EVENT_DATASETS, NUM_CLASSES, event_loaders
 from ..layers.base import StateDictError
+from ..layers.winograd import ALGOS, set_conv_algo
 from ..losses import ce_mse, cross_entropy
 from ..methods import METHODS, make_method
 from ..models import ARCHS, build_model
@@ -134,8 +135,9 @@ def check_channels(model, data):
                          f"has {data.in_channels}")
 
 
-def model_from_checkpoint(path):
-    """The network train.py saved at `path` (weights, batchnorm statistics): (model, config)."""
+def model_from_checkpoint(path, conv_algo="im2col"):
+    """The network train.py saved at `path` (weights, batchnorm statistics), its convolutions
+    set to run `conv_algo`: (model, config)."""
     arrays, meta = load_checkpoint(path)
     cfg = meta.get("config")
     if not isinstance(cfg, dict) or cfg.get("arch") not in ARCHS \
@@ -154,7 +156,7 @@ def model_from_checkpoint(path):
                                if k.startswith("model/")})
     except (StateDictError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not fit a {cfg['arch']} model: {e}") from None
-    return model, cfg
+    return set_conv_algo(model, conv_algo), cfg
 
 
 # -- methods: 'bptt', 'rate_s', 'tbptt:K=2', 'local:N=2', 'tbptt:K=2:N=2', 'bptt:mode=s',
@@ -390,11 +392,15 @@ def add_model_options(s):
 
 
 def add_common_options(s, batch_size, from_checkpoint=False):
-    """--batch-size, --device, --dataset, --data-dir, the event-frame options (as train.py
-    names them), --out. from_checkpoint: the data options default to those in the checkpoint's
-    config (see `data_source`)."""
+    """--batch-size, --device, --conv-algo, --dataset, --data-dir, the event-frame options (as
+    train.py names them), --out. from_checkpoint: the data options default to those in the
+    checkpoint's config (see `data_source`)."""
     s.add_argument("--batch-size", type=positive_int, default=batch_size, help="samples")
     s.add_argument("--device", choices=devices(), default="cpu", help="cuda needs CuPy")
+    s.add_argument("--conv-algo", choices=ALGOS, default="im2col",
+                   help="3x3 stride-1 convolutions of every model the study builds: im2col, "
+                        "winograd, or auto (the faster of the two, measured once per layer "
+                        "shape; see minirate/layers/winograd.py)")
     own = " (default: the checkpoint's own, else %s)" % SAMPLE if from_checkpoint else ""
     s.add_argument("--dataset", choices=DATASETS, default=None if from_checkpoint else SAMPLE,
                    help=f"images or event frames{own}; {SAMPLE} ships with minirate (no "

@@ -26,6 +26,7 @@ import numpy as np
 from ..backend import get_array_module, synchronize
 from ..cli import positive_float, positive_int
 from ..costs import model_split_candidates, trace
+from ..layers.winograd import set_conv_algo
 from ..methods import predict
 from ..models import build_model
 from ..optim import SGD
@@ -101,9 +102,11 @@ def train_cell(spec, model, T, data, steps, batch_size, lr, seed, on_step=None):
 
 
 def design_space(data, Ks, Ns, T, arch="small", width=1.0, num_classes=10, step_mode="m",
-                 steps=30, batch_size=32, lr=0.05, seed=0, xp=np, on_cell=None):
+                 steps=30, batch_size=32, lr=0.05, seed=0, xp=np, on_cell=None,
+                 conv_algo="im2col"):
     """One row per (K, N): K, N, method, ran, the measured columns of `train_cell` (None where
-    the method is not in this build) and the costs of one step (`costs.sum_costs`)."""
+    the method is not in this build) and the costs of one step (`costs.sum_costs`). conv_algo:
+    what each fresh model's 3x3 stride-1 convolutions run (`set_conv_algo`)."""
     rows, cells = [], [(K, N) for N in Ns for K in Ks]
     x0 = data[0]
     x_shape = ((T, batch_size) if x0.ndim == 5 else (batch_size,)) + tuple(x0.shape[-3:])
@@ -111,6 +114,7 @@ def design_space(data, Ks, Ns, T, arch="small", width=1.0, num_classes=10, step_
         spec = cell_spec(K, N, T, step_mode)
         model = build_model(arch, num_classes, width, seed=seed,
                             in_channels=x0.shape[-3]).to(xp, np.float32)
+        set_conv_algo(model, conv_algo)
         report = (lambda s, loss, i=i, spec=spec:
                   on_cell(i, len(cells), cell=spec.label, train_step=s + 1, loss=loss)
                   ) if on_cell else None
@@ -166,11 +170,13 @@ def run(a, xp, bar):
         raise StudyError(f"--N {max(a.N)}: {a.arch} can be cut into at most {most} local blocks")
     data = (x_train, y_train, x_test, y_test)
     rows = design_space(data, a.K, a.N, a.T, a.arch, a.width, num_classes, a.step_mode,
-                        a.train_steps, a.batch_size, a.lr, a.seed, xp, on_cell=bar)
+                        a.train_steps, a.batch_size, a.lr, a.seed, xp, on_cell=bar,
+                        conv_algo=a.conv_algo)
     info = dict(arch=a.arch, width=a.width, T=a.T, step_mode=a.step_mode, dataset=a.dataset,
                 data=source.describe("train"), train_images=len(y_train),
                 test_images=len(y_test), batch_size=a.batch_size,
                 train_steps=a.train_steps, lr=a.lr, momentum=0.9, seed=a.seed, device=a.device,
+                conv_algo=a.conv_algo,
                 split_default="costs.default_split (N - 1 of the model's split_points, spread "
                               "evenly, as the local method picks them) unless the method "
                               "reports its own split_at")

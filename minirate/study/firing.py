@@ -47,7 +47,7 @@ def firing_rates(model, x, T):
 
 
 def run(a, xp, bar):
-    model, cfg = model_from_checkpoint(a.checkpoint)
+    model, cfg = model_from_checkpoint(a.checkpoint, a.conv_algo)
     T = a.T or int(cfg.get("T", 4))
     dtype = np.dtype(cfg.get("dtype", "float32"))
     model.to(xp, dtype)
@@ -59,7 +59,7 @@ def run(a, xp, bar):
     rows = firing_rates(model, xp.asarray(x, dtype=dtype), T)
     info = dict(checkpoint=a.checkpoint, arch=cfg["arch"], width=cfg.get("width", 1.0),
                 dataset=data.dataset, T=T, batch_size=a.batch_size,
-                device=a.device, data=source)
+                device=a.device, conv_algo=a.conv_algo, data=source)
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     table = format_table(["layer", "neurons"] + [f"t={t}" for t in range(1, T + 1)] + ["all"],
                          [[layer, next(r["neurons"] for r in rows if r["layer"] == layer)]

@@ -32,6 +32,7 @@ from ..layers.batchnorm import BatchNorm1d, BatchNorm2d
 from ..layers.conv import Conv2d
 from ..layers.linear import Linear
 from ..layers.scaled_ws import ScaledWSCache
+from ..layers.winograd import set_conv_algo
 from ..methods import BPTT
 from ..losses import cross_entropy
 from ..methods.common import mean_over_time
@@ -214,13 +215,14 @@ def describe_reference(label, loss_lambda):
 def run(a, xp, bar):
     cfg = None
     if a.checkpoint:
-        model, cfg = model_from_checkpoint(a.checkpoint)
+        model, cfg = model_from_checkpoint(a.checkpoint, a.conv_algo)
         weights = a.checkpoint
         a.arch, a.width = cfg["arch"], cfg.get("width", 1.0)
     data = data_source(a, cfg)
     if not a.checkpoint:
         model = build_model(a.arch, data.num_classes, a.width, seed=a.seed,
                             in_channels=data.in_channels)
+        set_conv_algo(model, a.conv_algo)
         weights = f"fresh init, seed {a.seed}"
     check_channels(model, data)
     model.to(xp, np.float64)
@@ -245,7 +247,7 @@ def run(a, xp, bar):
     info = dict(arch=a.arch, width=a.width, dataset=data.dataset, batch_size=a.batch_size,
                 device=a.device, dtype="float64", data=source, weights=weights,
                 scale_grad_by_T=False, costs="minirate/costs.py, memory at 8 bytes per number",
-                loss_lambda=a.loss_lambda,
+                loss_lambda=a.loss_lambda, conv_algo=a.conv_algo,
                 reference={m: describe_reference(m, a.loss_lambda) for m in labels})
     summary = []
     for r in (r for r in rows if r["param"] == "(all)"):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backend import get_array_module, synchronize
 from ..cli import positive_int
+from ..layers.winograd import set_conv_algo
 from ..memory import check_step, gib, guard
 from ..models import build_model
 from .common import (COST_HEADER, COST_KEYS, MiB, MethodUnavailable, add_common_options,
@@ -35,7 +36,7 @@ DEFAULT_METHODS = "bptt,rate_m,rate_s,sltt,ottt"
 
 
 def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, steps=3, warmup=1,
-                seed=0, on_cell=None, loss_lambda=0.05):
+                seed=0, on_cell=None, loss_lambda=0.05, conv_algo="im2col"):
     """Step time, bytes kept for backward, peak bytes and costs of each method at each T.
 
     x, y: one batch (NumPy or CuPy; the model follows x): images (B, C, H, W), or frames
@@ -43,6 +44,7 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
     y None. methods: MethodSpecs or spec texts ('bptt', 'tbptt:K=2', 'sltt:K=2', ...); one not
     in this build is skipped with a note. on_cell(i, n, method, T) reports progress: when cell i
     starts and after each of its steps. loss_lambda: λ_L of the per-step loss of sltt and ottt.
+    conv_algo: what each fresh model's 3x3 stride-1 convolutions run (`set_conv_algo`).
     Returns one dict per (method, T): method, T, step_time_s, kept_bytes, peak_bytes and the
     totals of `costs.sum_costs`.
     """
@@ -58,6 +60,7 @@ def memory_time(x, y, methods, Ts, arch="small", width=1.0, num_classes=10, step
             xp = get_array_module(xb)
             model = build_model(arch, num_classes, width, seed=seed,
                                 in_channels=xb.shape[-3]).to(xp, xb.dtype)
+            set_conv_algo(model, conv_algo)
             try:
                 method = build_method(spec, model, T)
             except MethodUnavailable as e:
@@ -137,12 +140,12 @@ def run(a, xp, bar):
     rows = memory_time(batch_at, None, a.methods, a.T, a.arch, a.width, data.num_classes,
                        a.steps, a.warmup, a.seed,
                        on_cell=lambda i, n, m, T: bar(i, n, method=m, T=T),
-                       loss_lambda=a.loss_lambda)
+                       loss_lambda=a.loss_lambda, conv_algo=a.conv_algo)
     if not rows:
         raise StudyError("none of --methods is available in this build of minirate.methods")
     info = dict(arch=a.arch, width=a.width, batch_size=a.batch_size, device=a.device,
                 dtype="float32", data=source, dataset=data.dataset, loss_lambda=a.loss_lambda,
-                steps=a.steps, warmup=a.warmup,
+                conv_algo=a.conv_algo, steps=a.steps, warmup=a.warmup,
                 peak="tracemalloc" if a.device == "cpu" else "CuPy memory pool",
                 costs="minirate/costs.py: dense ACs on spike inputs, ideal memory traffic")
     table = format_table(["method", "T", "step s", "kept MiB", "peak MiB"] + COST_HEADER,
