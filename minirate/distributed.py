@@ -176,7 +176,8 @@ class Communicator:
         send = np.ascontiguousarray(to_numpy(a))
         recv = np.empty_like(send)
         t0 = time.perf_counter()
-        self._wait(self.mpi_comm.Iallreduce(send, recv), what)
+        request = self.mpi_comm.Iallreduce(send, recv)
+        self._wait(lambda: self._test(request, what), what)
         self.seconds_reducing += time.perf_counter() - t0
         self.bytes_reduced += send.nbytes
         return recv if xp is np else xp.asarray(recv)
@@ -193,22 +194,21 @@ class Communicator:
         t0 = time.perf_counter()
         self.nccl.allReduce(send.data.ptr, recv.data.ptr, send.size, kind, self._nccl_sum,
                             stream.ptr)
-        deadline, pause = time.monotonic() + self.timeout, 0.0
-        while not stream.done:
-            if time.monotonic() > deadline:
-                self.nccl.abort()
-                raise self._no_answer(f"{what}, NCCL")
-            time.sleep(pause)
-            pause = min(1e-3, pause + 1e-5)
+        try:
+            self._wait(lambda: stream.done, f"{what}, NCCL")
+        except DistributedError:
+            self.nccl.abort()
+            raise
         self.seconds_reducing += time.perf_counter() - t0
         self.bytes_reduced += send.nbytes
         return recv
 
-    def _wait(self, request, what):
-        """Complete a non-blocking request, or raise DistributedError after `timeout` s."""
+    def _wait(self, done, what):
+        """Poll `done()` until it is true (a non-blocking request completed, a stream's work
+        finished), or raise DistributedError after `timeout` s."""
         deadline = time.monotonic() + self.timeout
         pause = 0.0
-        while not self._test(request, what):
+        while not done():
             if time.monotonic() > deadline:
                 raise self._no_answer(what)
             time.sleep(pause)                       # spin first, then back off to 1 ms
