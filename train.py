@@ -30,28 +30,35 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minirate.backend import DeviceError, devices, get_xp, synchronize, to_numpy
-from minirate.cli import (ArgumentParser, DefaultsHelpFormatter, below_one, finite_float,
+from minirate.cli import (ArgumentParser, DefaultsHelpFormatter, at_least_one, below_one,
+                          finite_float,
                           nonnegative_float, nonnegative_int, positive_float, positive_int,
                           unit_interval)
 from minirate.checkpoint import (CheckpointError, append_jsonl, first_non_finite,
                                  load_checkpoint, read_jsonl, save_checkpoint)
+from minirate.data.augment import PIPELINES
 from minirate.data.cifar import SPECS, DatasetError, load_cifar
 from minirate.data.events import EVENT_DATASETS, SPLIT_NAMES, event_loaders
+from minirate.data.events.datasets import SPLIT_ORDERS
+from minirate.data.events.loader import PIPELINES as EVENT_PIPELINES
+from minirate.data.events.ottt_transform import OTTT_SIZE
 from minirate.data.imagenet import ImageFolderLoader, load_imagenet
 from minirate.data.loader import Loader
 from minirate.distributed import DistributedError, fail, sync_batchnorm, world
 from minirate.interrupt import GracefulStop
 from minirate.layers.base import StateDictError
 from minirate.layers.batchnorm import BatchStatisticsError
+from minirate.layers.dropout import sequence_counts, set_sequence_counts
 from minirate.layers.lif import RESETS, SURROGATES
 from minirate.layers.winograd import ALGOS, set_conv_algo
 from minirate.losses import ce_mse, cross_entropy
-from minirate.methods import LOCAL, METHODS, UPDATES, make_method, predict
+from minirate.methods import LOCAL, METHODS, PACKING, UPDATES, make_method, predict
 from minirate.methods.common import is_time_varying
 from minirate.methods.local import resolve_splits
 from minirate.memory import MemoryShortage, check_step, gib, guard, lower_with
 from minirate.models import ARCHS, build_model, input_size_problem
 from minirate.optim import SGD, Adam, clip_grad_norm, cosine_lr
+from minirate import recipes
 from minirate.progress import Progress
 from minirate.rundir import (RunDirError, RunLock, holds_run, prepare_out,
                              remove_stale_temporaries)
@@ -76,19 +83,28 @@ DEFAULTS = dict(
     sltt_k=None, ottt_update="accumulate",  # sltt_k None: every step gets a backward
     window=None, update="per-batch",        # window None: K = T
     local_blocks=1, split_at=None,
+    pack_spikes=False, recompute_window=None, recompute_blocks=False,   # exact, less memory
+    tau=None, mse_target="onehot", neuron_dropout=0.0, lr_step="batch",  # tau None: --decay
+    cifar_pipeline="minirate", event_pipeline="minirate", event_split_order="number",
+    recipe=None,                            # a paper's options (minirate/recipes/), before these
+    init_from="",                           # weights to start from (a checkpoint), nothing else
 )
 ONLINE = ("sltt", "ottt")                   # methods that train only with the per-step loss
 # What a checkpoint must agree on to be resumed: the network and how it is trained.
 STRUCTURAL = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold",
               "reset", "v_reset", "detach_reset", "surrogate", "alpha", "dtype",
               "loss", "loss_lambda", "sltt_k", "ottt_update",
-              "window", "update", "local_blocks", "split_at")
-EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split")   # also, for event data sets
+              "window", "update", "local_blocks", "split_at",
+              "mse_target", "neuron_dropout", "cifar_pipeline")
+EVENT_STRUCTURAL = ("frame_size", "split_by", "event_split",   # also, for event data sets
+                    "event_pipeline", "event_split_order")
 # What a checkpoint's saved position means: which batches come next, in which order.
 DATA_ORDER = ("batch_size", "seed")
 # Checkpoint format: 1 = unversioned (older minirate, config without the options added since),
-# 2 = "format" in the meta and every key above in its config.
-CHECKPOINT_FORMAT = 2
+# 2 = "format" in the meta and every key above in its config, 3 = the keys of SINCE_3 too.
+CHECKPOINT_FORMAT = 3
+SINCE_3 = ("mse_target", "neuron_dropout", "cifar_pipeline", "event_pipeline",
+           "event_split_order")
 REQUIRED = ("method", "dataset", "arch", "T", "step_mode", "width", "decay", "threshold", "reset",
             "v_reset", "detach_reset", "surrogate", "alpha", "dtype") + DATA_ORDER   # since 1
 # What a format-1 checkpoint without a key trained with: the default of the minirate that wrote
@@ -102,11 +118,27 @@ class UsageError(Exception):
     """A problem with what the user asked for; reported as one line, exit status 1."""
 
 
+def given_options(argv):
+    """Option dests the words in argv set (`--no-flip` sets flip, `--lr=0.1` lr)."""
+    dests = set()
+    for word in argv:
+        if word.startswith("--"):
+            name = word[2:].split("=")[0].replace("-", "_")
+            dests.add(name[3:] if name.startswith("no_") and name[3:] in DEFAULTS else name)
+    return dests
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                        formatter_class=DefaultsHelpFormatter)
     d = DEFAULTS
     on_off = argparse.BooleanOptionalAction
+    g = p.add_argument_group("paper recipes")
+    g.add_argument("--recipe", default=d["recipe"],
+                   help="set every option as a paper's code does (the options given here win); "
+                        "see --list-recipes")
+    g.add_argument("--list-recipes", action="store_true",
+                   help="print the recipes: paper, data set, architecture, T, epochs, batch")
     g = p.add_argument_group("method and model")
     g.add_argument("--method", choices=METHODS, default=d["method"],
                    help="training method (rate = rate_m)")
@@ -135,15 +167,32 @@ def parse_args(argv=None):
                         "(None: mean; per-step for sltt and ottt)")
     g.add_argument("--loss-lambda", type=unit_interval, default=d["loss_lambda"],
                    help="λ_L of the per-step loss, in [0, 1]")
+    g.add_argument("--mse-target", type=mse_target, default=d["mse_target"],
+                   help="per-step loss: the MSE term's target, onehot or a number every logit "
+                        "is pulled towards (SLTT's CIFAR recipes: 1.0)")
     g.add_argument("--sltt-k", type=positive_int, default=d["sltt_k"],
                    help="sltt: backward at K of the T steps, drawn at random per batch "
                         "(None: all T)")
     g.add_argument("--ottt-update", choices=("accumulate", "per-step"), default=d["ottt_update"],
                    help="ottt: one optimizer step per batch (OTTT_A) or after every time step "
                         "(OTTT_O)")
+    g.add_argument("--neuron-dropout", type=unit_below_one, default=d["neuron_dropout"],
+                   help="dropout after spiking layers, one mask per sample for all T steps, "
+                        "where the architecture's authors put it (vgg11_ws, vgg11_bn)")
+    g.add_argument("--pack-spikes", action=on_off, default=d["pack_spikes"],
+                   help="bptt, tbptt, sltt: keep spikes for backward as bits (same gradients)")
+    g.add_argument("--recompute-window", type=positive_int, default=d["recompute_window"],
+                   help="bptt --step-mode s: keep the neuron state every K steps and recompute "
+                        "each window in backward (same gradients)")
+    g.add_argument("--recompute-blocks", action=on_off, default=d["recompute_blocks"],
+                   help="bptt: keep only each block's input and recompute the block in "
+                        "backward (same gradients)")
     g = p.add_argument_group("neuron")
-    g.add_argument("--decay", type=unit_interval, default=d["decay"],
-                   help="LIF leak λ in [0, 1]: u_t = λ u⁺_{t-1} + I_t")
+    g.add_argument("--tau", type=at_least_one, default=d["tau"],
+                   help="membrane time constant τ >= 1: sets --decay to 1 - 1/τ (in float64)")
+    g.add_argument("--decay", type=unit_interval, default=None,
+                   help=f"LIF leak λ in [0, 1]: u_t = λ u⁺_{{t-1}} + I_t (None: {d['decay']}, "
+                        f"or 1 - 1/τ with --tau)")
     g.add_argument("--threshold", type=positive_float, default=d["threshold"],
                    help="firing threshold θ")
     g.add_argument("--reset", choices=RESETS, default=d["reset"],
@@ -170,6 +219,9 @@ def parse_args(argv=None):
                    help="weight decay on conv/linear weights only")
     g.add_argument("--warmup-epochs", type=nonnegative_float, default=d["warmup_epochs"],
                    help="linear warm-up before the cosine schedule, at most --epochs")
+    g.add_argument("--lr-step", choices=("batch", "epoch"), default=d["lr_step"],
+                   help="the schedule moves after every batch, or once per epoch (then "
+                        "--warmup-epochs counts whole epochs)")
     g.add_argument("--grad-clip", type=nonnegative_float, default=d["grad_clip"],
                    help="max global gradient norm (0 = off)")
     g.add_argument("--scale-grad-by-T", action=on_off, default=d["scale_grad_by_T"],
@@ -185,6 +237,9 @@ def parse_args(argv=None):
                    help="Cutout size in px, at most 32 (0 = off)")
     g.add_argument("--autoaugment", action=on_off, default=d["autoaugment"],
                    help="AutoAugment CIFAR-10 policy")
+    g.add_argument("--cifar-pipeline", choices=PIPELINES, default=d["cifar_pipeline"],
+                   help="CIFAR augmentation and normalisation: minirate's, or exactly "
+                        "rate-BP's code (see minirate/data/augment.py)")
     g.add_argument("--workers", type=nonnegative_int, default=d["workers"],
                    help="imagenet: JPEG-decoding processes per rank (0 = in the training process)")
     g.add_argument("--image-size", type=positive_int, default=d["image_size"],
@@ -192,6 +247,9 @@ def parse_args(argv=None):
     g = p.add_argument_group("run")
     g.add_argument("--out", default=d["out"], help="folder for checkpoints and metrics")
     g.add_argument("--resume", default=d["resume"], help="checkpoint path, or 'auto' = OUT/last.npz")
+    g.add_argument("--init-from", default=d["init_from"],
+                   help="a checkpoint whose weights a new run starts from (a fresh optimizer, "
+                        "schedule and position; e.g. a recipe's second stage)")
     g.add_argument("--overwrite", action=on_off, default=d["overwrite"],
                    help="start a new run in an --out that already holds one, replacing it")
     g.add_argument("--max-steps", type=nonnegative_int, default=d["max_steps"],
@@ -220,6 +278,12 @@ def parse_args(argv=None):
     g.add_argument("--roll", type=nonnegative_int, default=d["roll"],
                    help="random circular shift of up to N px in x and y, below --frame-size "
                         "(0 = off)")
+    g.add_argument("--event-pipeline", choices=EVENT_PIPELINES, default=d["event_pipeline"],
+                   help="minirate: --flip and --roll; ottt: OTTT's resize to 48, pad 4, one crop "
+                        "for all frames, its normalisation (use --frame-size 128)")
+    g.add_argument("--event-split-order", choices=SPLIT_ORDERS, default=d["event_split_order"],
+                   help="cifar10dvs: the split's samples per class by file number, or by file "
+                        "name as SpikingJelly takes them")
     g.add_argument("--cache-dir", default=d["cache_dir"],
                    help="folder of the HDF5 frame cache (default: --data-dir)")
     g = p.add_argument_group("data-parallel (mpirun -n N python train.py ...)")
@@ -227,13 +291,52 @@ def parse_args(argv=None):
                    help="batchnorm statistics over the global batch, summed over all ranks")
     g.add_argument("--mpi-timeout", type=positive_float, default=d["mpi_timeout"],
                    help="seconds a rank waits for the others in a reduction before giving up")
+    argv = sys.argv[1:] if argv is None else list(argv)
     cfg = vars(p.parse_args(argv))
+    if cfg.pop("list_recipes"):
+        try:
+            print(recipes.listing(), flush=True)
+        except BrokenPipeError:           # e.g. piped into head
+            sys.stdout = None
+        sys.exit(0)
+    if cfg["recipe"]:                     # the recipe's words first: the command line's win
+        try:
+            words = recipes.command_line(cfg["recipe"], given_options(argv))
+        except recipes.RecipeError as e:
+            p.error(f"argument --recipe: {e}")
+        cfg = vars(p.parse_args(words + argv))
+        cfg.pop("list_recipes")
+        for key, why in recipes.load(cfg["recipe"])["requires"].items():
+            if not cfg[key]:
+                p.error(f"--recipe {cfg['recipe']} needs --{key.replace('_', '-')}: {why}")
+    if cfg["tau"] is not None and cfg["decay"] is not None:
+        p.error("arguments --tau and --decay both set the leak; give one")
+    if cfg["decay"] is None:                            # λ = 1 − 1/τ in float64
+        cfg["decay"] = d["decay"] if cfg["tau"] is None else 1.0 - 1.0 / cfg["tau"]
     why = option_conflict(cfg)
     if why:
         p.error(why)
     if cfg["loss"] is None:
         cfg["loss"] = "per-step" if cfg["method"] in ONLINE else "mean"
     return cfg
+
+
+def mse_target(text):
+    """--mse-target: 'onehot', or a finite number (kept as a float)."""
+    if text == "onehot":
+        return text
+    try:
+        return finite_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"onehot or a number, got {text!r}") from None
+
+
+def unit_below_one(text):
+    """A probability in [0, 1)."""
+    v = finite_float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return v
 
 
 def module_names(text):
@@ -268,6 +371,18 @@ def option_conflict(cfg):
         return f"argument --sltt-k: must be at most --T {cfg['T']}, got {cfg['sltt_k']}"
     if cfg["ottt_update"] != DEFAULTS["ottt_update"] and cfg["method"] != "ottt":
         return "argument --ottt-update: only for --method ottt"
+    per_step = cfg["loss"] == "per-step" or (cfg["loss"] is None and cfg["method"] in ONLINE)
+    if cfg["mse_target"] != "onehot" and not per_step:
+        return "argument --mse-target: the target of the per-step loss's MSE term (--loss per-step)"
+    if cfg["lr_step"] == "epoch" and cfg["warmup_epochs"] != int(cfg["warmup_epochs"]):
+        return (f"argument --warmup-epochs: with --lr-step epoch the warm-up is whole epochs, "
+                f"got {cfg['warmup_epochs']:g}")
+    if cfg["cifar_pipeline"] != "minirate" and cfg["dataset"] not in ("cifar10", "cifar100",
+                                                                      "cifar10-sample"):
+        return "argument --cifar-pipeline: for the CIFAR data sets"
+    if (cfg["event_pipeline"] != "minirate" or cfg["event_split_order"] != "number") and \
+            cfg["dataset"] != "cifar10dvs":
+        return "arguments --event-pipeline and --event-split-order: for --dataset cifar10dvs"
     if cfg["method"] in ONLINE and cfg["loss"] == "mean":
         return f"argument --loss: {cfg['method']} trains with one loss per step; use per-step"
     if cfg["method"] != "tbptt" and (cfg["window"] is not None or cfg["update"] != "per-batch"):
@@ -275,6 +390,18 @@ def option_conflict(cfg):
     if cfg["window"] is not None and cfg["window"] > cfg["T"]:
         return f"argument --window: must be at most --T {cfg['T']}, got {cfg['window']}"
     local = cfg["local_blocks"] > 1 or cfg["split_at"]
+    if cfg["pack_spikes"] and cfg["method"] not in PACKING:
+        return (f"argument --pack-spikes: {cfg['method']} keeps firing rates or traces for "
+                f"backward, not spikes; packing is for {', '.join(PACKING)}")
+    recompute = cfg["recompute_window"] is not None or cfg["recompute_blocks"]
+    if recompute and (cfg["method"] != "bptt" or local):
+        return "arguments --recompute-window/--recompute-blocks: for bptt on the whole network"
+    if cfg["recompute_window"] is not None and cfg["step_mode"] != "s":
+        return ("argument --recompute-window: needs --step-mode s (in step mode m batchnorm "
+                "takes its statistics over all T steps at once)")
+    if cfg["recompute_window"] is not None and cfg["recompute_window"] > cfg["T"]:
+        return (f"argument --recompute-window: must be at most --T {cfg['T']}, got "
+                f"{cfg['recompute_window']}")
     if local and cfg["method"] not in LOCAL:
         return f"arguments --local-blocks/--split-at: for {', '.join(LOCAL)}, not {cfg['method']}"
     if cfg["loss"] == "per-step" and (cfg["method"] == "tbptt" or local):
@@ -284,7 +411,8 @@ def option_conflict(cfg):
         return (f"argument --step-mode: for bptt and tbptt ({cfg['method']} has its own: "
                 f"rate_m / rate_s choose the spike pass, sltt and ottt step one at a time)")
     try:                          # channel counts, and block starts: the architecture's layout
-        probe = build_model(cfg["arch"], 10, cfg["width"], in_channels=sample_shape(cfg)[0])
+        probe = build_model(cfg["arch"], 10, cfg["width"], in_channels=sample_shape(cfg)[0],
+                            dropout=cfg["neuron_dropout"])
     except ValueError as e:
         return str(e)
     if local:
@@ -313,6 +441,8 @@ def option_conflict(cfg):
 
 def sample_shape(cfg):
     """(channels, size, where the size comes from) of one input sample, square size x size."""
+    if cfg["dataset"] in EVENT_DATASETS and cfg["event_pipeline"] == "ottt":
+        return 2, OTTT_SIZE, f"event frames, resized to {OTTT_SIZE} by --event-pipeline ottt"
     if cfg["dataset"] in EVENT_DATASETS:
         return 2, cfg["frame_size"], f"event frames, --frame-size {cfg['frame_size']}"
     if cfg["dataset"] == "imagenet":
@@ -346,7 +476,7 @@ def saved_config(meta, cfg, path):
     keys = STRUCTURAL + DATA_ORDER + (EVENT_STRUCTURAL if cfg["dataset"] in EVENT_DATASETS
                                       else ())
     missing = [k for k in keys if k not in saved]
-    cannot = [k for k in missing if version > 1 or k in REQUIRED]
+    cannot = [k for k in missing if k in REQUIRED or version > (2 if k in SINCE_3 else 1)]
     if cannot:
         raise CheckpointError(f"cannot resume from {path}: its config (checkpoint format "
                               f"{version}) has no {', '.join(_option(k) for k in cannot)}")
@@ -355,8 +485,8 @@ def saved_config(meta, cfg, path):
     for k in missing:
         saved[k] = OLD_DEFAULTS[k](saved) if callable(OLD_DEFAULTS[k]) else OLD_DEFAULTS[k]
     filled = ", ".join(f"{_option(k)} {saved[k]}" for k in missing)
-    return saved, (f"{path} comes from an older minirate (checkpoint format 1) that did not "
-                   f"record every option; taking what it trained with: {filled}")
+    return saved, (f"{path} comes from an older minirate (checkpoint format {version}) that did "
+                   f"not record every option; taking what it trained with: {filled}")
 
 
 def _option(key):
@@ -382,7 +512,8 @@ def event_data(cfg):
         train, test = event_loaders(cfg["dataset"], cfg["data_dir"], cfg["T"], cfg["batch_size"],
                                     cfg["eval_batch_size"], cfg["seed"], cfg["flip"], cfg["roll"],
                                     cfg["frame_size"], cfg["split_by"], cfg["event_split"] or None,
-                                    cfg["cache_dir"] or None, cfg["progress"])
+                                    cfg["cache_dir"] or None, cfg["progress"],
+                                    cfg["event_pipeline"], cfg["event_split_order"])
     except KeyboardInterrupt:      # the conversion stopped after a whole sample; partial file kept
         print("\ninterrupted while building the frame cache; run the same command again to "
               "continue the conversion", file=sys.stderr, flush=True)
@@ -468,9 +599,11 @@ def main(argv=None):
         num_classes = DATASETS[cfg["dataset"]]
         train_loader = Loader(x_train, y_train, cfg["batch_size"], train=True, seed=cfg["seed"],
                               crop=cfg["crop"], flip=cfg["flip"], cutout=cfg["cutout"],
-                              autoaugment=cfg["autoaugment"], dataset=cfg["dataset"])
+                              autoaugment=cfg["autoaugment"], dataset=cfg["dataset"],
+                              pipeline=cfg["cifar_pipeline"])
         test_loader = Loader(x_test, y_test, cfg["eval_batch_size"], train=False,
-                             seed=cfg["seed"], dataset=cfg["dataset"])
+                             seed=cfg["seed"], dataset=cfg["dataset"],
+                             pipeline=cfg["cifar_pipeline"])
         title = SPECS[cfg["dataset"]]["title"]
         shard = comm.shard           # every rank builds the global batch and keeps its part
     if cfg["dataset"] not in EVENT_DATASETS:
@@ -489,7 +622,8 @@ def main(argv=None):
                   surrogate=cfg["surrogate"], alpha=cfg["alpha"])
     try:
         model = build_model(cfg["arch"], num_classes, cfg["width"], neuron, cfg["seed"],
-                            in_channels=2 if cfg["dataset"] in EVENT_DATASETS else 3)
+                            in_channels=2 if cfg["dataset"] in EVENT_DATASETS else 3,
+                            dropout=cfg["neuron_dropout"])
     except ValueError as e:
         raise UsageError(str(e)) from None
     model.to(xp, dtype)
@@ -500,8 +634,11 @@ def main(argv=None):
                          per_step_loss=cfg["loss"] == "per-step", sltt_k=cfg["sltt_k"],
                          ottt_update=cfg["ottt_update"], seed=cfg["seed"],
                          window=cfg["window"], update=cfg["update"],
-                         local_blocks=cfg["local_blocks"], split_at=cfg["split_at"])
-    loss_fn = ce_mse(cfg["loss_lambda"]) if cfg["loss"] == "per-step" else cross_entropy
+                         local_blocks=cfg["local_blocks"], split_at=cfg["split_at"],
+                         pack_spikes=cfg["pack_spikes"], recompute_window=cfg["recompute_window"],
+                         recompute_blocks=cfg["recompute_blocks"])
+    loss_fn = (ce_mse(cfg["loss_lambda"], cfg["mse_target"]) if cfg["loss"] == "per-step"
+               else cross_entropy)
     update_each_step = getattr(method, "update_each_step", False)     # OTTT_O
     # a step that clearly cannot fit in memory is refused now; one that runs out later ends with
     # the same line (minirate/memory.py)
@@ -512,7 +649,9 @@ def main(argv=None):
     need, free = check_step(model, ((cfg["T"],) if cfg["dataset"] in EVENT_DATASETS else ())
                             + batch, cfg["T"], cfg["method"], xp, lower, cfg["step_mode"],
                             cfg["window"], cfg["local_blocks"], cfg["split_at"],
-                            2 if cfg["optimizer"] == "adam" else int(cfg["momentum"] > 0))
+                            2 if cfg["optimizer"] == "adam" else int(cfg["momentum"] > 0),
+                            pack_spikes=cfg["pack_spikes"], recompute_window=cfg["recompute_window"],
+                            recompute_blocks=cfg["recompute_blocks"])
     method.step = guard(method.step, f" (estimated: at least {gib(need['total'])}"
                         + (f"; {gib(free[0])} available before training)" if free else ")"), lower)
     n_params = sum(int(p.size) for _, p, _, _ in model.parameters())
@@ -562,6 +701,9 @@ def main(argv=None):
     warmup_steps = int(cfg["warmup_epochs"] * steps_per_epoch)
 
     def lr_at(step):
+        if cfg["lr_step"] == "epoch":        # as a scheduler stepped once per epoch
+            return cosine_lr(cfg["lr"], step // steps_per_epoch, cfg["epochs"],
+                             int(cfg["warmup_epochs"]))
         return cosine_lr(cfg["lr"], step, total_steps, warmup_steps)
 
     grad_norms = []                 # of the optimizer steps in this batch (T of them for OTTT_O)
@@ -597,6 +739,17 @@ def main(argv=None):
                images=0, train_seconds=0.0,     # this epoch's training so far, for its img/s
                kept_bytes=0)                    # bytes kept for backward in the last step
     notes = []
+    if cfg["init_from"] and not resume:     # a resumed run has its own weights
+        arrays, meta = load_checkpoint(cfg["init_from"])
+        try:
+            model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        except StateDictError as e:
+            raise CheckpointError(f"--init-from {cfg['init_from']} does not fit this model: "
+                                  f"{e}") from None
+        bad = first_non_finite({k: v for k, v in arrays.items() if k.startswith("model/")})
+        if bad:
+            raise CheckpointError(f"--init-from {cfg['init_from']} holds a NaN or an infinity "
+                                  f"in {bad}")
     if resume:
         arrays, meta = load_checkpoint(resume)
         if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("position"), dict):
@@ -634,6 +787,11 @@ def main(argv=None):
             raise CheckpointError(f"{resume} does not fit this model: {e}") from None
         pos.update({k: saved_pos[k] for k in pos if k in saved_pos})
         opt.lr = lr_at(max(pos["step"] - 1, 0))    # the rate of the last step taken
+        try:                                     # the neuron dropouts' count of masks drawn
+            set_sequence_counts(model, meta.get("dropout_sequences") or
+                                dict.fromkeys(sequence_counts(model), 0))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{resume} has damaged dropout counts ({e})") from None
         if hasattr(method, "load_state_dict"):   # e.g. SLTT-K's count of random draws
             try:
                 method.load_state_dict(meta.get("method_state") or {})
@@ -711,7 +869,8 @@ def main(argv=None):
         method_state = method.state_dict() if hasattr(method, "state_dict") else {}
         save_checkpoint(path, arrays, {"format": CHECKPOINT_FORMAT, "config": cfg,
                                        "position": dict(pos), "world_size": comm.size,
-                                       "method_state": method_state})
+                                       "method_state": method_state,
+                                       "dropout_sequences": sequence_counts(model)})
 
     # -- loop: Ctrl-C / SIGTERM stop after the current step (minirate/interrupt.py); under MPI
     #    the ranks agree on it through the per-step sum, so they all stop at the same step -------

@@ -71,6 +71,14 @@ def nonnegative_float(text):
     return v
 
 
+def at_least_one(text):
+    """A number >= 1 (a time constant in steps)."""
+    v = finite_float(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
 def unit_interval(text):
     """A number in [0, 1]."""
     v = finite_float(text)

@@ -68,12 +68,15 @@ from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from .layers.residual import PreActBlock, SEWBlock
+from .layers.nf_block import NFBlock
+from .layers.residual import PreActBlock, SEWBlock, SpikePreActBlock
 from .methods.local import spread_evenly
+from .methods.recompute import trailing_segments
 
 COST_METHODS = ("bptt", "tbptt", "rate", "rate_m", "rate_s", "sltt", "ottt")
 FORWARD, BACKWARD = ("fwd", "spike", "rate", "trace"), ("bwd", "rate_bwd", "sbwd", "tbwd")
 SHAPED = (Conv2d, Linear, AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten)   # run in `trace`
+RESIDUAL_BLOCKS = (BasicBlock, SEWBlock, PreActBlock, SpikePreActBlock, NFBlock)  # sums inside
 
 
 class LayerOp(NamedTuple):
@@ -109,8 +112,7 @@ def trace(model, input_shape, spike_input=False, pooled_spikes=False):
     dtype = model.params_list()[0].dtype if model.params_list() else np.float32
     x = model.xp.zeros((1,) + tuple(input_shape), dtype=dtype)
     ops, made_by, spikes, keep = [], {id(x): None}, {id(x)} if spike_input else set(), [x]
-    blocks = [name for name, m in model.named_modules()
-              if isinstance(m, (BasicBlock, SEWBlock, PreActBlock))]
+    blocks = _residual_block_names(model)
     names = {id(m): name for name, m in model.named_modules()}
 
     def run(layer, h):
@@ -300,17 +302,40 @@ def method_passes(method, T, step_mode="m", window=None):
                      f"{', '.join(COST_METHODS)}")
 
 
-def layer_costs(ops, batch, T, method="bptt", step_mode="m", window=None, itemsize=4):
-    """One dict per (op, routine): name, routine, macs, acs, read_bytes, write_bytes."""
+def layer_costs(ops, batch, T, method="bptt", step_mode="m", window=None, itemsize=4,
+                again=None):
+    """One dict per (op, routine): name, routine, macs, acs, read_bytes, write_bytes.
+    again: {op name: forwards of it run again in backward} (bptt's recomputation,
+    `recomputed_forwards`): each is one more 'fwd' row."""
     rows = []
     for routine, steps, calls, with_aux in method_passes(method, T, step_mode, window):
         for op in ops:
             if op.aux and not with_aux:
                 continue
-            macs, acs, r, w = routine_cost(op, routine, batch, steps, calls, itemsize)
-            rows.append(dict(name=op.name, routine=routine, macs=macs, acs=acs, read_bytes=r,
-                             write_bytes=w))
+            runs = 1 + (again or {}).get(op.name, 0) if routine == "fwd" else 1
+            for _ in range(runs):
+                macs, acs, r, w = routine_cost(op, routine, batch, steps, calls, itemsize)
+                rows.append(dict(name=op.name, routine=routine, macs=macs, acs=acs,
+                                 read_bytes=r, write_bytes=w))
     return rows
+
+
+def recomputed_forwards(ops, blocks, step_mode, itemsize, pack_spikes=False,
+                        recompute_window=None, recompute_blocks=False):
+    """{op name: times its forward runs again in backward} under bptt's recomputation
+    (methods/recompute.py): every op once for a window; for blocks, the ops of every segment
+    (in step mode m all but the trailing ones that keep their caches), once more."""
+    again = {op.name: int(recompute_window is not None) for op in ops}
+    if recompute_blocks:
+        segs = _segments(ops, blocks)
+        k = len(segs)
+        if step_mode == "m":
+            spike_size = 1 / 8 if pack_spikes else itemsize
+            k = trailing_segments([_cache_bytes(seg, itemsize, spike_size) for seg in segs])
+        for seg in segs[:k]:
+            for op in seg:
+                again[op.name] += 1
+    return again
 
 
 def sum_costs(rows):
@@ -329,20 +354,24 @@ def sum_costs(rows):
 
 def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=None,
                  local_blocks=1, split_at=None, itemsize=None, spike_input=False,
-                 pooled_spikes=False):
+                 pooled_spikes=False, pack_spikes=False, recompute_window=None,
+                 recompute_blocks=False):
     """Totals for one training step (see `sum_costs`) of `method` on a batch of `input_shape`:
     (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt, or SLTT-K's K for sltt;
     local_blocks / split_at:
     local training (split_at: module names where blocks start; default `default_split`, among
     `model.split_points` where the model lists them).
     itemsize: bytes per number (default: the model's parameter dtype). spike_input,
-    pooled_spikes: counting choices, see `trace`."""
+    pooled_spikes: counting choices, see `trace`. pack_spikes, recompute_window,
+    recompute_blocks: bptt's options (the forwards run again, `recomputed_forwards`)."""
     shape = tuple(input_shape)[1:] if len(input_shape) == 5 else tuple(input_shape)
     ops = trace(model, shape[1:], spike_input, pooled_spikes)
     ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
     if itemsize is None:
         itemsize = model.params_list()[0].dtype.itemsize
-    return sum_costs(layer_costs(ops, shape[0], T, method, step_mode, window, itemsize))
+    again = recomputed_forwards(ops, _residual_block_names(model), step_mode, itemsize,
+                                pack_spikes, recompute_window, recompute_blocks)
+    return sum_costs(layer_costs(ops, shape[0], T, method, step_mode, window, itemsize, again))
 
 
 # -- memory of a step, from shapes -----------------------------------------------------------
@@ -357,31 +386,100 @@ KEPT_PER_LIF = {"sltt": 1, "ottt": 1}
 
 
 def _kept_numbers(ops):
-    """Numbers kept for backward per sample and step by one pass over `ops`, and the LIF
-    neurons among them."""
-    kept = lif = 0
+    """Numbers kept for backward per sample and step by one pass over `ops`: (real-valued,
+    spikes (inputs of conv and linear layers fed by spikes), the LIF neurons among them)."""
+    real = spikes = lif = 0
     read = set()                          # inputs already counted (a block input and its shortcut)
     for op in ops:
         if op.kind in KEPT_IN and op.src is not None and (op.kind == "lif" or op.src not in read):
-            kept += _size(op.in_shape)
+            if op.kind != "lif" and op.spike_in:
+                spikes += _size(op.in_shape)
+            else:
+                real += _size(op.in_shape)
             if op.kind != "lif":
                 read.add(op.src)
         elif op.kind in KEPT_OUT:
-            kept += _size(op.out_shape)
+            real += _size(op.out_shape)
         if op.kind == "lif":
             lif += _size(op.in_shape)
-    return kept, lif
+    return real, spikes, lif
+
+
+def _cache_bytes(ops, itemsize, spike_size):
+    """Bytes per sample of one step's caches of `ops`, spikes at spike_size bytes each."""
+    real, spikes, _ = _kept_numbers(ops)
+    return real * itemsize + spikes * spike_size
+
+
+def _residual_block_names(model):
+    return [name for name, m in model.named_modules() if isinstance(m, RESIDUAL_BLOCKS)]
+
+
+def _segments(ops, blocks):
+    """ops cut as recomputation in depth cuts the network (methods/recompute.py): each residual
+    block whole (`blocks`: their names), elsewhere a new segment at each conv or linear layer."""
+    out, current = [], None
+    for op in ops:
+        block = next((b for b in blocks if op.name.startswith(b + ".")), None)
+        key = block if block is not None else op.name
+        if not out or (block is not None and key != current) or (
+                block is None and op.kind in ("conv", "linear")):
+            out.append([])
+        out[-1].append(op)
+        current = key if block is not None else None
+    return out
+
+
+def _kept_bytes(ops, blocks, T, base, step_mode, window, itemsize, pack_spikes,
+                recompute_window, recompute_blocks):
+    """Bytes per sample held for backward at the fullest, by one local block's `ops`."""
+    steps = {"bptt": T, "tbptt": min(window or T, T)}.get(base, 1)
+    spike_size = 1 / 8 if pack_spikes else itemsize
+
+    def caches(ops_):                     # one step's caches of ops_
+        return _cache_bytes(ops_, itemsize, spike_size)
+
+    lif = _kept_numbers(ops)[2] * itemsize
+    if not (recompute_window or recompute_blocks):
+        return caches(ops) * steps + KEPT_PER_LIF.get(base, 0) * lif
+    if recompute_blocks:
+        segs = _segments(ops, blocks)
+        inputs = [0 if seg[0].src is None else
+                  _size(seg[0].in_shape) * (spike_size if seg[0].spike_in else itemsize)
+                  for seg in segs]
+        # held while segment i is run again: the inputs of segments before it, its caches
+        moments = [sum(inputs[:i]) + caches(seg) for i, seg in enumerate(segs)]
+        if step_mode == "m":              # the trailing segments keep their caches at once
+            sizes = [caches(seg) for seg in segs]
+            k = trailing_segments(sizes)
+            return T * max([sum(inputs[:k]) + sum(sizes[k:])] + moments[:k])
+        record = sum(inputs)              # a step's segment inputs (and the state it starts from)
+    K = min(recompute_window or T, T)
+    most = 0
+    for w, t0 in enumerate(range(0, T, K)):      # window w is run again (states of 1..w-1 held)
+        t1 = min(t0 + K, T)
+        held = max(w - 1, 0) * lif
+        if not recompute_blocks:
+            most = max(most, held + (t1 - t0) * caches(ops))
+            continue
+        held += sum(record + (lif if t >= 1 else 0) for t in range(t0, t1 - 1))
+        last = lif if t1 - 1 >= 1 else 0         # the last step's own state, then its segments
+        most = max(most, held + last + max(moments))
+    return most
 
 
 def step_memory(model, input_shape, T, method="bptt", step_mode="m", window=None,
-                local_blocks=1, split_at=None, itemsize=None, optimizer_copies=2, ops=None):
+                local_blocks=1, split_at=None, itemsize=None, optimizer_copies=2, ops=None,
+                pack_spikes=False, recompute_window=None, recompute_blocks=False):
     """Bytes one training step of `method` needs, counted from the layer shapes (no allocation
     beyond `trace`'s one sample): a floor, not a ceiling (temporaries such as im2col columns
     and the allocator's slack come on top).
 
         kept         what backward needs, the largest local block's (see the methods' docstrings):
                      bptt T steps of every cache; tbptt K steps; rate methods one pass's
-                     caches (r, e in place of u); sltt and ottt one step's plus u⁺
+                     caches (r, e in place of u); sltt and ottt one step's plus u⁺. With
+                     pack_spikes spikes count a bit each; bptt's recomputation (recompute.py)
+                     keeps segment inputs and window states, and one segment's or window's caches
         activations  the largest layer output and its gradient, for the rows one call processes
         input        the batch itself, (B, C, H, W) or (T, B, C, H, W)
         params       weights, their gradients and `optimizer_copies` optimizer buffers per weight
@@ -397,15 +495,15 @@ def step_memory(model, input_shape, T, method="bptt", step_mode="m", window=None
     ops = trace(model, sample) if ops is None else ops
     ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
     base = "rate" if method.startswith("rate") else method
+    blocks = _residual_block_names(model)
+    kept = max(_kept_bytes([op for op in ops if op.block == b], blocks, T, base, step_mode,
+                           window, itemsize, pack_spikes, recompute_window, recompute_blocks)
+               for b in sorted({op.block for op in ops}))
     steps = {"bptt": T, "tbptt": min(window or T, T)}.get(base, 1)
-    kept = 0
-    for b in sorted({op.block for op in ops}):
-        numbers, lif = _kept_numbers([op for op in ops if op.block == b])
-        kept = max(kept, numbers * steps + KEPT_PER_LIF.get(base, 0) * lif)
     rows = steps if step_mode == "m" and base in ("bptt", "tbptt") else 1
     largest = max([_size(op.out_shape) for op in ops] + [_size(sample)])
     params = sum(p.size for p in model.params_list()) * (2 + optimizer_copies)
-    out = dict(kept=kept * B * itemsize, activations=2 * largest * rows * B * itemsize,
+    out = dict(kept=int(kept * B), activations=2 * largest * rows * B * itemsize,
                input=(T if frames else 1) * B * _size(sample) * itemsize,
                params=int(params) * itemsize)
     out["total"] = sum(out.values())

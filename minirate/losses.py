@@ -29,18 +29,33 @@ def mse_onehot(z, y):
     return float((diff * diff).mean()), 2 * diff / diff.size
 
 
-def ce_mse(loss_lambda):
-    """The loss (1 − λ_L) · CE(z, y) + λ_L · MSE(z, onehot(y)) as a loss function (z, y) ->
-    (loss, dz). λ_L = 0 is plain cross-entropy. Used per step by the online methods."""
+def mse_constant(c):
+    """Mean squared error of every logit against the same constant c, whatever the label (the
+    regulariser of SLTT's CIFAR recipes, with c = 1.0), as a mean over all B·K entries:
+
+        L = (1/(B K)) Σ_{b,k} (z[b, k] − c)²,   dL/dz = 2 (z − c) / (B K)
+    """
+    def loss_fn(z, y):
+        diff = z - z.dtype.type(c)
+        return float((diff * diff).mean()), 2 * diff / diff.size
+
+    return loss_fn
+
+
+def ce_mse(loss_lambda, target="onehot"):
+    """The loss (1 − λ_L) · CE(z, y) + λ_L · MSE(z, target) as a loss function (z, y) ->
+    (loss, dz), target "onehot" (onehot(y)) or a number c (every logit towards c). λ_L = 0 is
+    plain cross-entropy. Used per step by the online methods."""
     if not 0.0 <= loss_lambda <= 1.0:
         raise ValueError(f"loss lambda must be in [0, 1], got {loss_lambda}")
+    mse = mse_onehot if target == "onehot" else mse_constant(float(target))
 
     def loss_fn(z, y):
         if loss_lambda == 0.0:
             return cross_entropy(z, y)
         ce, dce = cross_entropy(z, y)
-        mse, dmse = mse_onehot(z, y)
-        return ((1 - loss_lambda) * ce + loss_lambda * mse,
-                (1 - loss_lambda) * dce + loss_lambda * dmse)
+        m, dm = mse(z, y)
+        return ((1 - loss_lambda) * ce + loss_lambda * m,
+                (1 - loss_lambda) * dce + loss_lambda * dm)
 
     return loss_fn

@@ -35,6 +35,8 @@ def lower_with(method, window=None, dtype="float32", local=True, ranks=1):
     if method not in FLAT_IN_T:
         opts.append("--T")
     if method in ("bptt", "tbptt"):
+        opts.append("--pack-spikes" + (", --recompute-blocks (the same gradients)"
+                                       if method == "bptt" else " (the same gradients)"))
         opts.append("--method rate_m (flat in T)" + (
             " or tbptt --window K" if method == "bptt" or window is None else " or a smaller "
                                                                               "--window"))
@@ -54,13 +56,14 @@ def describe(need, method, T, batch):
 
 
 def check_step(model, input_shape, T, method, xp, options, step_mode="m", window=None,
-               local_blocks=1, split_at=None, optimizer_copies=2):
+               local_blocks=1, split_at=None, optimizer_copies=2, **saving):
     """Raise MemoryShortage when one step of `method` on a batch of `input_shape` ((B, C, H, W)
     or (T, B, C, H, W)) clearly cannot fit in what `xp`'s device has free. options: what lowers
-    it (`lower_with`). Returns the estimate (costs.step_memory) and the memory available (None
-    when it cannot be told)."""
+    it (`lower_with`); saving: step_memory's pack_spikes, recompute_window, recompute_blocks.
+    Returns the estimate (costs.step_memory) and the memory available (None when it cannot be
+    told)."""
     need = step_memory(model, input_shape, T, method, step_mode, window, local_blocks, split_at,
-                       optimizer_copies=optimizer_copies)
+                       optimizer_copies=optimizer_copies, **saving)
     available = available_memory(xp)
     batch = input_shape[1] if len(input_shape) == 5 else input_shape[0]
     if available is not None and need["total"] > available[0]:

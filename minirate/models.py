@@ -20,6 +20,19 @@ Every model is a Container whose state dict keys equal those of the matching tor
     alexnet                       feature.{k}: five Conv2d(no bias) - BatchNorm2d - LIF triplets
                                   with average pools, flatten, classifier.{0: Linear, 1: LIF,
                                   2: Linear} (configuration below, at `_alexnet`)
+    preact_resnet18               SLTT's CIFAR net: conv1, layer{1-4}.{j}.{bn1, conv1, bn2,
+                                  dropout, conv2, shortcut, relu1, relu2}, bn1, relu1, pool, flat,
+                                  drop, linear (pre-activation blocks, shortcut on the spikes)
+    vgg11_bn                      SLTT's DVS net: layer{1-5}.{k}: Conv2d(bias) - BatchNorm2d - LIF
+                                  - NeuronDropout quadruples and pools, avgpool (7x7),
+                                  classifier.{0: Flatten, 1: Linear(512*49, K)}
+    nf_resnet34                   OTTT's and SLTT's ImageNet NF-ResNet-34: conv1 (sWS 7x7/2),
+                                  maxpool (an average pool), layer{1-4}.{j}.{skipinit_gain, conv1,
+                                  conv2, downsample} (sWS convs, layers/nf_block.py), avgpool,
+                                  flatten, fc
+
+`build_model(..., dropout=p)` adds neuron dropout where the published code of vgg11_ws,
+preact_resnet18, vgg11_bn and nf_resnet34 has it (see build_model); it has no parameters.
 
 The model's output is the classifier output for every sample fed in (T*B rows in multi-step
 mode); the training method averages it over time.
@@ -33,7 +46,9 @@ take N − 1 of them spread evenly (see methods/local.py):
     vgg11, vggsnn_cifar,          after every average pool that still has convs behind it
     vggsnn_dvs, vgg11_ws
     sew_resnet34, preact_resnet34 stage edges: layer1 ... layer4 (as above, the stem before layer1)
+    preact_resnet18, nf_resnet34  the same
     alexnet                       after every conv-BN-LIF (with its pool): up to 5 blocks
+    vgg11_bn                      after every stage (each ends in a pool): layer2 ... layer5
 """
 import numpy as np
 
@@ -41,11 +56,13 @@ from .layers.block import BasicBlock
 from .layers.batchnorm import BatchNorm2d
 from .layers.container import Sequential, backward_chain, call
 from .layers.conv import Conv2d
+from .layers.dropout import NeuronDropout
 from .layers.flatten import Flatten
 from .layers.lif import LIF
 from .layers.linear import Linear
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from .layers.residual import PreActBlock, SEWBlock
+from .layers.nf_block import NFBlock, nf_betas
+from .layers.residual import PreActBlock, SEWBlock, SpikePreActBlock
 from .layers.scale import Scale
 from .layers.scaled_ws import ScaledWSConv2d
 
@@ -140,9 +157,12 @@ def _imagenet_resnet(block, stem_neuron, num_classes, width, make_neuron, rng, i
     return Net(parts, [f"layer{i + 1}" for i in range(4)])
 
 
-def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
+def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74,
+            make_dropout=None):
     """VGG without batchnorm (OTTT): each conv is scaled-weight-standardized, each LIF is
-    followed by a fixed ×2.74; then global average pooling and one linear layer."""
+    followed by a fixed ×2.74; then global average pooling and one linear layer.
+    make_dropout: OTTT's neuron dropout, which masks each LIF's spikes (inside its neuron):
+    feature.{k} becomes Sequential(LIF, NeuronDropout), so no conv changes its index."""
     feature, c_in, splits = [], in_channels, []
     for v in cfg:
         if v == "A":
@@ -150,7 +170,9 @@ def _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels, scale=2.74):
             splits.append(f"feature.{len(feature)}")
         else:
             c = _ch(v, width)
-            feature += [ScaledWSConv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), make_neuron(),
+            neuron = make_neuron() if make_dropout is None else \
+                Sequential(make_neuron(), make_dropout())
+            feature += [ScaledWSConv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), neuron,
                         Scale(scale)]
             c_in = c
     feature.append(AdaptiveAvgPool2d(1))
@@ -190,15 +212,142 @@ def _alexnet(num_classes, width, make_neuron, rng, in_channels):
                splits)
 
 
+def _preact_resnet18(num_classes, width, make_neuron, rng, in_channels, make_dropout):
+    """SLTT's CIFAR pre-activation spiking ResNet-18 (see residual.SpikePreActBlock):
+
+        conv1      Conv2d(in, 64, 3, padding=1, no bias)                        32x32
+        layer1-4   [2, 2, 2, 2] SpikePreActBlocks of 64, 128, 256, 512 (stride 2 from layer2)
+        bn1, relu1 BatchNorm2d(512) - LIF, pool AvgPool2d(4)                    4x4 -> 1x1
+        flat, drop (neuron dropout on the pooled spikes), linear Linear(512, K)
+    """
+    c_in = _ch(64, width)
+    parts = [("conv1", Conv2d(in_channels, c_in, 3, 1, 1, bias=False, rng=rng))]
+    for i, c in enumerate([64, 128, 256, 512]):
+        c = _ch(c, width)
+        blocks = []
+        for j in range(2):
+            blocks.append(SpikePreActBlock(c_in, c, 2 if (j == 0 and i > 0) else 1, make_neuron,
+                                           rng, make_dropout.p, make_dropout.rng()))
+            c_in = c
+        parts.append((f"layer{i + 1}", Sequential(*blocks)))
+    parts += [("bn1", BatchNorm2d(c_in)), ("relu1", make_neuron()), ("pool", AvgPool2d(4)),
+              ("flat", Flatten()), ("drop", make_dropout()),
+              ("linear", Linear(c_in, num_classes, rng=rng))]
+    return Net(parts, [f"layer{i + 1}" for i in range(4)])
+
+
+def _vgg11_bn(num_classes, width, make_neuron, rng, in_channels, make_dropout):
+    """SLTT's spiking VGG-11 with batchnorm for event frames:
+
+        layer1..layer5   [64, A], [128, A], [256, 256, A], [512, 512, A], [512, 512, A]; each
+                         number a Conv2d(3x3, bias) - BatchNorm2d - LIF - NeuronDropout quadruple,
+                         A an AvgPool2d(2)
+        avgpool          AdaptiveAvgPool2d(7)
+        classifier       0: Flatten, 1: Linear(512*7*7, K)
+
+    The dropout takes its place in each Sequential (a layer3's second conv is layer3.4) even at
+    p = 0, as in the authors' module. Any input of 32x32 or more: CIFAR10-DVS resized to 48x48
+    (-> 1x1 before the adaptive pool, which repeats it 7x7), DVS128 Gesture at 128x128 (-> 4x4).
+    """
+    stages, c_in = [[64, "A"], [128, "A"], [256, 256, "A"], [512, 512, "A"], [512, 512, "A"]], \
+        in_channels
+    parts = []
+    for i, cfg in enumerate(stages):
+        layers = []
+        for v in cfg:
+            if v == "A":
+                layers.append(AvgPool2d(2, 2))
+            else:
+                c = _ch(v, width)
+                layers += [Conv2d(c_in, c, 3, 1, 1, bias=True, rng=rng), BatchNorm2d(c),
+                           make_neuron(), make_dropout()]
+                c_in = c
+        parts.append((f"layer{i + 1}", Sequential(*layers)))
+    parts += [("avgpool", AdaptiveAvgPool2d(7)),
+              ("classifier", Sequential(Flatten(), Linear(c_in * 49, num_classes, rng=rng)))]
+    return Net(parts, [f"layer{i + 2}" for i in range(4)])
+
+
+def _nf_resnet34(num_classes, width, make_neuron, rng, in_channels, make_dropout, alpha=0.2):
+    """NF-ResNet-34 of OTTT's and SLTT's ImageNet runs (see layers/nf_block.py):
+
+        conv1      ScaledWSConv2d(in, 64, 7, stride 2, padding 3, bias, gain)   224 -> 112
+        maxpool    AvgPool2d(3, stride 2, padding 1) (an average pool, under the torch name)
+        layer1-4   [3, 4, 6, 3] NFBlocks of 64, 128, 256, 512 (stride 2 from layer2), α = 0.2
+        avgpool    AdaptiveAvgPool2d(1), flatten, [dropout], fc Linear(512, K)
+
+    The stream stays real-valued to the end (no neuron after the last block). fc starts at zero
+    and every skipinit_gain at 0, as in the authors' code. Neuron dropout (OTTT's `drop_rate`,
+    a mask per sample kept over all steps) sits on the pooled features before fc, only when
+    p > 0; SLTT's version takes no dropout.
+    """
+    c_in = _ch(64, width)
+    parts = [("conv1", ScaledWSConv2d(in_channels, c_in, 7, 2, 3, bias=True, rng=rng)),
+             ("maxpool", AvgPool2d(3, 2, 1))]
+    parts[0][1].params["bias"][...] = 0
+    channels = [_ch(c, width) for c in (64, 128, 256, 512)]
+    downsamples = [i > 0 or channels[0] != c_in for i in range(4)]
+    betas = nf_betas([3, 4, 6, 3], downsamples, alpha)
+    for i, (c, stage_betas) in enumerate(zip(channels, betas)):
+        blocks = []
+        for j, beta in enumerate(stage_betas):
+            blocks.append(NFBlock(c_in, c, 2 if (j == 0 and i > 0) else 1, make_neuron, rng,
+                                  beta, alpha))
+            c_in = c
+        parts.append((f"layer{i + 1}", Sequential(*blocks)))
+    parts += [("avgpool", AdaptiveAvgPool2d(1)), ("flatten", Flatten())]
+    if make_dropout.p > 0:
+        parts.append(("dropout", make_dropout()))
+    fc = Linear(c_in, num_classes, rng=rng)
+    fc.params["weight"][...] = 0
+    parts.append(("fc", fc))
+    return Net(parts, [f"layer{i + 1}" for i in range(4)])
+
+
+class _DropoutMaker:
+    """Makes the NeuronDropout layers of one model, each with its own generator drawn from
+    `seed` (apart from the weights' generator, so adding dropout changes no initial weight)."""
+
+    def __init__(self, p, seed):
+        self.p, self.seeds = float(p), np.random.default_rng([seed, 1])
+
+    def rng(self):
+        return np.random.default_rng(int(self.seeds.integers(2 ** 63)))
+
+    def __call__(self):
+        return NeuronDropout(self.p, rng=self.rng())
+
+
 ARCHS = ("small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "alexnet",
-         "vgg11_ws", "sew_resnet34", "preact_resnet34")
+         "vgg11_ws", "sew_resnet34", "preact_resnet34", "preact_resnet18", "vgg11_bn",
+         "nf_resnet34")
+DROPOUT_ARCHS = ("vgg11_ws", "preact_resnet18", "vgg11_bn", "nf_resnet34")   # see build_model
 
 
-def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3):
+def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channels=3,
+                dropout=0.0):
     """Build `arch` (one of ARCHS). `neuron`: keyword arguments for every LIF layer;
-    `in_channels`: 3 for RGB images, 2 for event frames (one channel per polarity)."""
+    `in_channels`: 3 for RGB images, 2 for event frames (one channel per polarity).
+
+    `dropout` p: neuron dropout (one mask per sample, kept over all T steps; layers/dropout.py),
+    placed where the published code of the arch places it, which is only in DROPOUT_ARCHS:
+
+        vgg11_ws          after every LIF of `feature` (OTTT: inside each neuron; p = 0.1 on
+                          CIFAR10-DVS), each such LIF becoming Sequential(LIF, NeuronDropout)
+        preact_resnet18   in every block before conv2, and on the pooled spikes before `linear`
+        vgg11_bn          after every LIF (SLTT: p = 0.3 on CIFAR10-DVS, 0.4 on DVS128 Gesture)
+        nf_resnet34       on the pooled features before fc (OTTT's `drop_rate`)
+
+    Any other arch with p > 0 is an error. The dropout layers hold no parameters: no state-dict
+    key changes with p. Their masks come from generators seeded by `seed`."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"neuron dropout must lie in [0, 1), got {dropout}")
+    if dropout > 0 and arch in ARCHS and arch not in DROPOUT_ARCHS:
+        raise ValueError(f"--arch {arch} has no neuron dropout in its published form; the archs "
+                         f"with one are {', '.join(DROPOUT_ARCHS)}")
     rng = np.random.default_rng(seed)
     neuron = dict(neuron or {})
+    make_dropout = _DropoutMaker(dropout, seed)
 
     def make_neuron():
         return LIF(**neuron)
@@ -228,7 +377,14 @@ def build_model(arch, num_classes=10, width=1.0, neuron=None, seed=0, in_channel
         return _vgg(cfg, 9, num_classes, width, make_neuron, rng, in_channels)
     if arch == "vgg11_ws":
         cfg = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]
-        return _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels)
+        return _vgg_ws(cfg, num_classes, width, make_neuron, rng, in_channels,
+                       make_dropout=make_dropout if dropout > 0 else None)
+    if arch == "preact_resnet18":
+        return _preact_resnet18(num_classes, width, make_neuron, rng, in_channels, make_dropout)
+    if arch == "vgg11_bn":
+        return _vgg11_bn(num_classes, width, make_neuron, rng, in_channels, make_dropout)
+    if arch == "nf_resnet34":
+        return _nf_resnet34(num_classes, width, make_neuron, rng, in_channels, make_dropout)
     if arch == "alexnet":
         return _alexnet(num_classes, width, make_neuron, rng, in_channels)
     raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")

@@ -74,3 +74,54 @@ def test_resize_against_loop():
                + wy * (1 - wx) * frames[..., y1, x0] + wy * wx * frames[..., y1, x1])
         assert np.allclose(out[..., i, j], ref, rtol=1e-5)
     assert np.array_equal(resize(frames, 128), frames)            # same size: untouched
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR10-DVS split orders: by file number (minirate) and by file name (SpikingJelly)
+
+
+def _spikingjelly_split(names_by_class, ratio):
+    """SpikingJelly's split_to_train_test_set on a DatasetFolder, written from its rules: the
+    files of each class in string order, the first ceil(ratio * n) train, no shuffle."""
+    import math
+    train = set()
+    for names in names_by_class:
+        ordered = sorted(names)
+        train |= set(ordered[:math.ceil(len(ordered) * ratio)])
+    return train
+
+
+@pytest.mark.parametrize("n, split", [(1000, "9:1"), (37, "9:1"), (105, "8:2"), (12, "9:1")])
+def test_split_by_name_reproduces_spikingjelly(n, split):
+    from minirate.data.events.datasets import (CIFAR10DVS_CLASSES, CIFAR10DVS_SPLITS,
+                                               _number_in, split_of)
+    classes = CIFAR10DVS_CLASSES[:3]
+    names_by_class = [[f"cifar10_{c}_{i}.aedat" for i in range(n)] for c in classes]
+    rng = np.random.default_rng(n)
+    ranks, labels, names = [], [], []
+    for label, listing in enumerate(names_by_class):
+        listing = list(rng.permutation(listing))             # as a directory lists them
+        for rank, name in enumerate(sorted(listing, key=_number_in)):   # minirate's order
+            ranks.append(rank)
+            labels.append(label)
+            names.append(name)
+    ranks, labels = np.array(ranks), np.array(labels)
+    by_number = (ranks >= np.round(CIFAR10DVS_SPLITS[split] * n)).astype(np.uint8)
+    is_test = split_of("cifar10dvs", ranks, labels, by_number, split, order="name")
+    train = {nm for nm, t in zip(names, is_test) if t == 0}
+    assert train == _spikingjelly_split(names_by_class, CIFAR10DVS_SPLITS[split])
+    assert np.array_equal(split_of("cifar10dvs", ranks, labels, by_number, split), by_number)
+
+
+def test_split_by_name_by_hand():
+    """12 files: name order 0 1 10 11 2 3 ... 9; ceil(0.9 * 12) = 11 train, so 9 is the test
+    file (by number it would be 11, and round(10.8) = 11 train too)."""
+    from minirate.data.events.datasets import name_ranks, split_of
+    r, lab = np.arange(12), np.zeros(12, np.int64)
+    assert name_ranks(r, lab).tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 2, 3]
+    is_test = split_of("cifar10dvs", r, lab, (r >= 11).astype(np.uint8), "9:1", order="name")
+    assert np.flatnonzero(is_test).tolist() == [9]
+    full = split_of("cifar10dvs", np.arange(1000), np.zeros(1000, np.int64), None, "9:1", "name")
+    assert sorted(np.flatnonzero(full)) == list(range(91, 100)) + list(range(909, 1000))
+    with pytest.raises(Exception, match="order"):
+        split_of("cifar10dvs", r, lab, None, "9:1", order="random")

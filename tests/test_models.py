@@ -101,3 +101,14 @@ def test_alexnet_configuration_and_event_frames():
     frames = np.random.default_rng(0).random((3, 2, 2, 48, 48)).astype(np.float32)  # (T, B, 2, H, W)
     out = predict(model, frames, 3)
     assert out.shape == (2, 10) and np.all(np.isfinite(out))
+
+
+def test_neuron_dropout_leaves_vgg11_ws_names_and_weights():
+    """OTTT's dropout sits inside each neuron: feature.{k} becomes Sequential(LIF, dropout), so
+    no conv moves and the state dict is that of the net without dropout."""
+    plain = build_model("vgg11_ws", 10, in_channels=2).state_dict()
+    dropped = build_model("vgg11_ws", 10, in_channels=2, dropout=0.1).state_dict()
+    assert list(dropped) == list(plain)
+    assert all(np.array_equal(dropped[k], v) for k, v in plain.items())
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        build_model("vgg11_bn", dropout=1.0)

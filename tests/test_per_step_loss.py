@@ -48,6 +48,24 @@ def test_ce_mse_against_loops_and_finite_differences():
         ce_mse(1.5)
 
 
+def test_ce_mse_with_a_constant_target():
+    """SLTT's CIFAR loss: every logit pulled towards the same constant c (loss_means), the MSE a
+    mean over all B·K entries as torch's MSELoss; against loops and finite differences."""
+    rng = np.random.default_rng(1)
+    z, y, lam, c = rng.normal(size=(3, 5)), np.array([4, 1, 0]), 0.05, 1.0
+    loss, dz = ce_mse(lam, c)(z, y)
+    ce = -np.mean([z[b, y[b]] - np.log(np.exp(z[b]).sum()) for b in range(3)])
+    mse = np.mean([(z[b, k] - c) ** 2 for b in range(3) for k in range(5)])
+    assert np.isclose(loss, (1 - lam) * ce + lam * mse, rtol=1e-12)
+    G = rng.normal()
+    assert rel_error(G * dz, numerical_grad(lambda: np.array(ce_mse(lam, c)(z, y)[0]), z,
+                                            np.array(G))) < 1e-8
+    # the label does not enter the MSE term: only the CE part moves with it
+    other = ce_mse(1.0, c)
+    assert other(z, y)[0] == other(z, (y + 1) % 5)[0]
+    assert ce_mse(lam, 0.0)(z, y)[0] != ce_mse(lam, "onehot")(z, y)[0]
+
+
 def _whole_net_check(net, method, x, y, loss_fn):
     xp = net.xp
     check_method_gradients(net, method, xp.asarray(x), xp.asarray(y), loss_fn, np.array(1.0),

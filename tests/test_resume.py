@@ -163,3 +163,23 @@ def test_resume_with_wrong_keys_names_them(tmp_path, synth):
 def test_resume_auto_without_checkpoint_starts_fresh(tmp_path, synth):
     r = run_train(*quick(tmp_path / "o", synth, "--epochs", "1", "--resume", "auto"))
     assert r.returncode == 0 and "starting fresh" in r.stdout
+
+
+def test_init_from_starts_a_new_run_from_the_weights(tmp_path, synth):
+    """--init-from: the weights of another run, with a fresh optimizer and position (a second
+    training stage); a checkpoint of another model is one line."""
+    r = run_train(*quick(tmp_path / "a", synth, "--max-steps", "2"))
+    assert r.returncode == 0, r.stderr
+    # a step of size ~0 changes no weight: what the run starts from is what it saved
+    r = run_train(*quick(tmp_path / "b", synth, "--init-from", tmp_path / "a" / "last.npz",
+                         "--max-steps", "1", "--lr", "1e-30", "--wd", "0", "--momentum", "0",
+                         "--T", "3"))
+    assert r.returncode == 0, r.stderr
+    a, b = _weights(tmp_path / "a" / "last.npz"), _weights(tmp_path / "b" / "last.npz")
+    weights = [k for k in a if k.startswith("model/") and k.endswith("weight")]
+    assert weights and all(np.array_equal(a[k], b[k]) for k in weights)
+    assert load_checkpoint(tmp_path / "b" / "last.npz")[1]["position"]["step"] == 1
+    r = run_train(*quick(tmp_path / "c", synth, "--init-from", tmp_path / "a" / "last.npz",
+                         "--width", "0.5"))
+    _one_line_error(r, 1, "--init-from", "does not fit this model")
+    assert not (tmp_path / "c" / "last.npz").exists()

@@ -128,8 +128,18 @@ def _old(out, drop, **meta):
 
 
 def test_new_checkpoints_record_their_format(done_run):
-    assert load_checkpoint(done_run / "last.npz")[1]["format"] == 2
-    assert load_checkpoint(done_run / "best.npz")[1]["format"] == 2
+    assert load_checkpoint(done_run / "last.npz")[1]["format"] == 3
+    assert load_checkpoint(done_run / "best.npz")[1]["format"] == 3
+
+
+def test_format_2_checkpoint_resumes_without_the_options_added_in_3(done_run, synth):
+    _old(done_run, ("mse_target", "neuron_dropout", "cifar_pipeline"), format=2)
+    r = run_train(*quick(done_run, synth, "--epochs", "2", "--resume", "auto"))
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "format 2" in notes[0], r.stderr
+    assert "--mse-target onehot" in notes[0] and "--cifar-pipeline minirate" in notes[0]
+    assert load_checkpoint(done_run / "last.npz")[1]["format"] == 3
 
 
 def test_older_checkpoint_resumes_with_the_defaults_it_trained_with(done_run, synth):
@@ -145,6 +155,7 @@ def test_older_checkpoint_resumes_with_the_defaults_it_trained_with(done_run, sy
 @pytest.mark.parametrize("drop,meta,words", [
     (("arch",), {}, ["format 1", "has no --arch"]),               # every checkpoint held it
     (("loss",), {"format": 2}, ["format 2", "has no --loss"]),     # format 2 holds every key
+    (("mse_target",), {"format": 3}, ["format 3", "has no --mse-target"]),   # and 3 the new ones
     ((), {"format": 99}, ["newer minirate", "format 99"]),
     ((), {"format": "2"}, ["format '2'"]),
 ])

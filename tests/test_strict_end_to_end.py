@@ -28,7 +28,9 @@ def _weights(path):
     ["bptt", "--step-mode", "m"], ["bptt", "--step-mode", "s"],
     ["tbptt", "--window", "1", "--update", "per-window"], ["bptt", "--local-blocks", "2"],
     ["rate_m"], ["rate_s"], ["sltt"], ["ottt", "--ottt-update", "accumulate"],
-    ["ottt", "--ottt-update", "per-step"]], ids=lambda m: "-".join(m[::2] + m[2::2]))
+    ["ottt", "--ottt-update", "per-step"], ["bptt", "--pack-spikes", "--recompute-blocks"],
+    ["bptt", "--step-mode", "s", "--recompute-window", "1", "--pack-spikes"]],
+    ids=lambda m: "-".join(a.lstrip("-") for a in m))
 def test_every_method_trains_on_strict(tmp_path, method):
     r = strict("train.py", *QUICK, "--device", "strict", "--max-steps", "2",
                "--out", tmp_path, "--method", *method)

@@ -8,9 +8,18 @@ gives the same images. Crop and flip work on uint8 HWC images, a batch (N, H, W,
 Training pipeline (`augment_batch`), in the order used by the AutoAugment and Cutout papers:
 
     [AutoAugment policy] -> pad 4 + random 32x32 crop -> random flip -> normalise -> [Cutout]
+
+`pipeline` selects whose pipeline `augment_batch` and `normalize` run:
+
+    "minirate"  the above (default), CIFAR_STATS below;
+    "ratebp"    rate-BP's published code, op for op (ratebp_augment.py): crop -> flip ->
+                [their AutoAugment policy] -> [Cutout, black hole] -> normalise with their
+                std (0.2023, 0.1994, 0.2010).
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+PIPELINES = ("minirate", "ratebp")
 
 # Per-channel mean and standard deviation of the training images, pixel values in [0, 1].
 CIFAR_STATS = {
@@ -30,13 +39,24 @@ def _as_batch(x):
     return x, False
 
 
-def normalize(x, dataset="cifar10"):
+def _check_pipeline(pipeline):
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown CIFAR pipeline {pipeline!r}; choose one of "
+                         f"{', '.join(PIPELINES)}")
+
+
+def normalize(x, dataset="cifar10", pipeline="minirate"):
     """uint8 HWC images -> float32 CHW, standardised per channel.
 
         y[n, c, h, w] = (x[n, h, w, c] / 255 - mean[c]) / std[c]
 
+    with the pipeline's constants (CIFAR_STATS, or ratebp_augment.RATEBP_STATS).
     x: uint8 (N, H, W, C) or (H, W, C). Returns float32 (N, C, H, W) or (C, H, W).
     """
+    _check_pipeline(pipeline)
+    if pipeline == "ratebp":
+        from minirate.data.ratebp_augment import ratebp_normalize
+        return ratebp_normalize(x, dataset)
     if dataset not in CIFAR_STATS:
         raise ValueError(f"no normalisation statistics for {dataset!r}; "
                          f"choose one of {', '.join(CIFAR_STATS)}")
@@ -119,12 +139,18 @@ def cutout(x, rng, size=16):
 
 
 def augment_batch(x, rng, dataset="cifar10", crop=True, flip=True, cutout_size=0,
-                  autoaugment=False):
+                  autoaugment=False, pipeline="minirate"):
     """Full training transform of a uint8 batch.
 
     x: uint8 (N, H, W, C). Returns float32 (N, C, H, W).
-    Order: AutoAugment (if set) -> crop -> flip -> normalise -> Cutout (if cutout_size > 0).
+    Order ("minirate"): AutoAugment (if set) -> crop -> flip -> normalise -> Cutout (if
+    cutout_size > 0).  pipeline="ratebp": ratebp_augment.ratebp_augment_batch.
     """
+    _check_pipeline(pipeline)
+    if pipeline == "ratebp":
+        from minirate.data.ratebp_augment import ratebp_augment_batch
+        return ratebp_augment_batch(x, rng, dataset, crop=crop, flip=flip,
+                                    cutout_size=cutout_size, autoaugment=autoaugment)
     if autoaugment:
         from minirate.data.autoaugment import autoaugment_batch  # Pillow only when asked for
         x = autoaugment_batch(x, rng)

@@ -135,10 +135,11 @@ OPS = {
 }
 
 
-def apply_op(x, name, magnitude, rng):
-    """Apply one named op at magnitude 0..9 to a uint8 (H, W, 3) image; returns uint8 (H, W, 3)."""
+def apply_op(x, name, magnitude, rng, ops=None):
+    """Apply one named op of `ops` (default OPS) at magnitude 0..9 to a uint8 (H, W, 3) image;
+    returns uint8 (H, W, 3)."""
     img = Image.fromarray(np.ascontiguousarray(x, dtype=np.uint8))
-    return np.asarray(OPS[name](img, magnitude, rng))
+    return np.asarray((OPS if ops is None else ops)[name](img, magnitude, rng))
 
 
 def autoaugment_image(x, rng, policy=CIFAR10_POLICY):

@@ -51,6 +51,7 @@ class Loader:
             True means 16.
         autoaugment: AutoAugment CIFAR-10 policy before crop/flip (train only).
         dataset: 'cifar10' or 'cifar100', picks the normalisation statistics.
+        pipeline: whose augmentation and normalisation: 'minirate' or 'ratebp' (augment.py).
         drop_last: drop the last incomplete batch; default: True when train, False otherwise.
         prefetch: batches prepared ahead (queue depth).
 
@@ -59,7 +60,8 @@ class Loader:
     """
 
     def __init__(self, x, y, batch_size, train, seed=0, crop=True, flip=True, cutout=0,
-                 autoaugment=False, dataset="cifar10", drop_last=None, prefetch=2):
+                 autoaugment=False, dataset="cifar10", drop_last=None, prefetch=2,
+                 pipeline="minirate"):
         x = np.asarray(x)
         y = np.asarray(y)
         if x.ndim != 4 or x.dtype != np.uint8:
@@ -68,7 +70,7 @@ class Loader:
             raise ValueError(f"y should have shape ({len(x)},), got {y.shape}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        normalize(x[:1], dataset)  # fails early on an unknown data set name
+        normalize(x[:1], dataset, pipeline)  # fails early on an unknown data set or pipeline
         if isinstance(seed, np.random.Generator):
             seed = int(seed.integers(2 ** 63))
         if int(seed) < 0:
@@ -81,7 +83,7 @@ class Loader:
         self.seed = int(seed)
         self.crop, self.flip, self.autoaugment = bool(crop), bool(flip), bool(autoaugment)
         self.cutout = 16 if cutout is True else int(cutout or 0)
-        self.dataset = dataset
+        self.dataset, self.pipeline = dataset, pipeline
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.prefetch = max(1, int(prefetch))
         self.epoch = 0
@@ -107,9 +109,10 @@ class Loader:
             rng = np.random.default_rng(
                 np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
             xb = augment_batch(xb, rng, self.dataset, crop=self.crop, flip=self.flip,
-                               cutout_size=self.cutout, autoaugment=self.autoaugment)
+                               cutout_size=self.cutout, autoaugment=self.autoaugment,
+                               pipeline=self.pipeline)
         else:
-            xb = normalize(xb, self.dataset)
+            xb = normalize(xb, self.dataset, self.pipeline)
         return xb, self.y[idx]
 
     def iter_epoch(self, epoch, start_batch=0):

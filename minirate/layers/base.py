@@ -77,6 +77,14 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    def new_sequence(self, batch_size):
+        """A new batch of `batch_size` sequences starts: every module in the tree that keeps
+        something for a whole sequence (a neuron dropout's mask) is told by its
+        `begin_sequence(batch_size)`. Training methods call this once per batch."""
+        for _, m in self.named_modules():
+            if hasattr(m, "begin_sequence"):
+                m.begin_sequence(batch_size)
+
     def to(self, xp, dtype=None):
         """Move every array to array module `xp` (numpy/cupy); floats cast to `dtype` if given."""
         for _, m in self.named_modules():

@@ -7,6 +7,7 @@ Inputs come in two kinds, told apart by their number of axes:
 """
 from ..backend import get_array_module
 from ..layers.lif import LIF
+from .packing import unpacked
 
 
 def repeat_over_time(x, T):
@@ -92,24 +93,29 @@ def leaf_backward(backward, dh, cache, need_dx=True):
 
 
 # -- one step of a single-step pass, kept for backward (BPTT 's', truncated BPTT windows) -----
-def run_keeping_step(caches_t, u_post):
+def run_keeping_step(caches_t, u_post, keep=None):
     """Forward callback of one step that keeps the step's caches in `caches_t` ({layer: cache});
-    LIF layers carry their post-reset potential from step to step in `u_post`."""
+    LIF layers carry their post-reset potential from step to step in `u_post`. keep: how a
+    cache is stored (Packer.keep: spikes as bits), or as it is."""
+    keep = keep or (lambda cache: cache)
+
     def run(layer, h):
         if isinstance(layer, LIF):
-            s, u_post[layer], caches_t[layer] = layer.step(h, u_post.get(layer))
-            return s
-        out, caches_t[layer] = layer.forward(h)
+            out, u_post[layer], cache = layer.step(h, u_post.get(layer))
+        else:
+            out, cache = layer.forward(h)
+        caches_t[layer] = keep(cache)
         return out
     return run
 
 
 def back_through_step(caches_t, du_post):
-    """Backward callback of one step, from its caches; LIF layers take dL/du⁺ of the later step
-    from `du_post` and leave their own there for the earlier one."""
+    """Backward callback of one step, from its caches (packed spikes unpacked); LIF layers take
+    dL/du⁺ of the later step from `du_post` and leave their own there for the earlier one."""
     def back(layer, dh, need_dx=True):
+        cache = unpacked(caches_t[layer])
         if isinstance(layer, LIF):
-            dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer), caches_t[layer])
+            dI, du_post[layer] = layer.step_backward(dh, du_post.get(layer), cache)
             return dI
-        return leaf_backward(layer.backward, dh, caches_t[layer], need_dx)
+        return leaf_backward(layer.backward, dh, cache, need_dx)
     return back

@@ -201,6 +201,7 @@ class LocalBlocks:
         """Each block's forward and backward in turn; adds every block's gradient.
         Returns the last block's (loss, logits): the network's own readout.
         `after_window`: tbptt with update='per-window' only (see `_step_windows`)."""
+        self.model.new_sequence(input_at(x, 0).shape[0])     # per-sequence state: dropout masks
         if isinstance(self.methods[0], TBPTT):
             return self._step_windows(x, y, loss_fn, after_window)
         B = input_at(x, 0).shape[0]

@@ -9,7 +9,8 @@ through that step's graph with the membrane potential entering the charge a cons
        â_1 = s_1,   â_t = λ · â_{t−1} + s_t           (λ: the layer's decay)
 
 2. A trace follows the spikes through the layers that act on spikes and traces alike (pooling,
-   Flatten, Scale): each computes its output once from the spikes and once from the trace.
+   Flatten, Scale, neuron dropout with its per-sequence mask): each computes its output once
+   from the spikes and once from the trace.
 3. A convolution or linear layer (plain or sWS) whose input carries a trace computes its output,
    and the gradient it passes down, from the spikes; its weight gradient uses the trace:
 
@@ -35,6 +36,7 @@ spiking layer (`--arch vgg11_ws`), τ = 2 (`--decay 0.5`), sigmoid surrogate α 
 per-step loss with λ_L = 0.05, no weight decay.
 """
 from ..layers.conv import Conv2d
+from ..layers.dropout import NeuronDropout
 from ..layers.flatten import Flatten
 from ..layers.linear import Linear
 from ..layers.lif import LIF
@@ -44,7 +46,7 @@ from ..layers.scaled_ws import ScaledWSCache
 from .sltt import SLTT
 
 UPDATES = ("accumulate", "per-step")
-TRACE_ALIKE = (AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Scale)
+TRACE_ALIKE = (AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Scale, NeuronDropout)
 WEIGHT_LAYERS = (Conv2d, Linear)          # ScaledWSConv2d and ScaledWSLinear are subclasses
 
 

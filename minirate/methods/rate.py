@@ -116,6 +116,7 @@ class RateBP:
     def step(self, x, y, loss_fn=cross_entropy):
         """Spike pass, then rate pass forward and backward; adds gradients. Returns (loss, logits)."""
         check_frames(x, self.T)
+        self.model.new_sequence(input_at(x, 0).shape[0])     # per-sequence state: dropout masks
         stats, out = self.spike_pass(x)
         if self.per_step_loss:                   # only Σ_t dL/dout_t (B, K) is kept
             loss, dout = per_step_loss(out, y, loss_fn, self.T)

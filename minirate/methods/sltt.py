@@ -38,13 +38,14 @@ from ..layers.base import cache_nbytes
 from ..layers.lif import LIF
 from ..losses import cross_entropy
 from .common import check_frames, input_at, leaf_backward
+from .packing import Packer, unpacked
 
 
 class SLTT:
     name = "sltt"
     update_each_step = False          # one optimizer step per batch (the caller's)
 
-    def __init__(self, model, T, k=None, seed=0):
+    def __init__(self, model, T, k=None, seed=0, pack_spikes=False):
         k = T if k is None else int(k)
         if not 1 <= k <= T:
             raise ValueError(f"SLTT-K needs 1 <= K <= T, got K={k} with T={T}")
@@ -53,6 +54,7 @@ class SLTT:
         self.batches = 0              # batches stepped: the draw of batch n depends on (seed, n)
         self.kept_bytes = 0           # bytes held at a step's backward (the largest over steps)
         self.backward_steps = list(range(T))    # steps that got a backward in the last batch
+        self.packer = Packer(pack_spikes, model.params_list())   # spikes kept as bits
 
     def choose_steps(self):
         """The steps that get a backward: all T, or K drawn at random (randperm(T)[:K]) from a
@@ -80,6 +82,7 @@ class SLTT:
         if self.update_each_step and after_step is None:
             raise ValueError(f"{self.name} with an update at every step needs after_step")
         check_frames(x, self.T)
+        self.model.new_sequence(input_at(x, 0).shape[0])     # per-sequence state: dropout masks
         T, params = self.T, self.model.params_list()
         self.backward_steps = self.choose_steps()
         self.batches += 1
@@ -108,14 +111,14 @@ class SLTT:
             else:
                 out, cache = layer.forward(h)
             if caches is not None:
-                caches[layer] = cache
+                caches[layer] = self.packer.keep(cache)
             return out
         return run
 
     def back(self, caches):
         """back() of one step's spatial graph: LIF layers get no gradient from the next step."""
         def back(layer, dh, need_dx=True):
-            cache = caches.pop(layer)
+            cache = unpacked(caches.pop(layer))
             if isinstance(layer, LIF):
                 return layer.step_backward(dh, None, cache)[0]      # dI_t = ds_t · sg_t
             return leaf_backward(layer.backward, dh, cache, need_dx)

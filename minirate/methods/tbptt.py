@@ -34,6 +34,7 @@ from ..losses import cross_entropy
 from .common import (back_through_step, check_frames, input_at, input_over_time,
                      is_time_varying, leaf_backward, mean_over_time, run_keeping_step,
                      spread_over_time)
+from .packing import Packer, unpacked
 
 UPDATES = ("per-batch", "per-window")
 
@@ -46,7 +47,8 @@ def window_input(x, t0, t1):
 class TBPTT:
     name = "tbptt"
 
-    def __init__(self, model, T, step_mode="m", window=None, update="per-batch"):
+    def __init__(self, model, T, step_mode="m", window=None, update="per-batch",
+                 pack_spikes=False):
         if step_mode not in ("m", "s"):
             raise ValueError(f"unknown step mode {step_mode!r}; choose m or s")
         window = T if window is None else window
@@ -56,6 +58,7 @@ class TBPTT:
             raise ValueError(f"unknown update {update!r}; choose one of {', '.join(UPDATES)}")
         self.model, self.T, self.step_mode = model, T, step_mode
         self.window, self.update = window, update
+        self.packer = Packer(pack_spikes, model.params_list())   # spikes kept as bits (BPTT's)
         self.kept_bytes = 0       # bytes of caches held for backward, largest window of the last step
 
     def windows(self):
@@ -73,6 +76,7 @@ class TBPTT:
             raise ValueError("after_window is the optimizer step of update='per-window' and "
                              "is given exactly in that mode")
         check_frames(x, self.T)
+        self.model.new_sequence(input_at(x, 0).shape[0])     # per-sequence state: dropout masks
         state = {}                          # LIF layer -> u⁺ at the end of the last window
         losses, z_sum, self.kept_bytes = [], 0, 0
         for t0, t1 in self.windows():
@@ -96,19 +100,21 @@ class TBPTT:
     def _window_multi(self, xw, k, y, loss_fn, state, carry):
         """One window, all k steps per layer at once, from `state`; leaves the state at its end
         in `state` when `carry`. Returns (L_w, readout (B, K), kept bytes)."""
-        caches = {}
+        caches, keep = {}, self.packer.keep
 
         def run(layer, h):
             if isinstance(layer, LIF):
-                s, caches[layer] = layer.forward(h, k, state.get(layer))
+                s, cache = layer.forward(h, k, state.get(layer))
                 if carry:                                           # as a value, not a cache
-                    state[layer] = layer.final_state(caches[layer])
+                    state[layer] = layer.final_state(cache)
+                caches[layer] = keep(cache)
                 return s
-            out, caches[layer] = layer.forward(h)
+            out, cache = layer.forward(h)
+            caches[layer] = keep(cache)
             return out
 
         def back(layer, dh, need_dx=True):
-            return leaf_backward(layer.backward, dh, caches.pop(layer), need_dx)
+            return leaf_backward(layer.backward, dh, unpacked(caches.pop(layer)), need_dx)
 
         out = self.model.forward(input_over_time(xw, k), run)       # (k*B, K)
         kept = cache_nbytes(caches, exclude=self.model.params_list())
@@ -122,7 +128,8 @@ class TBPTT:
         when `carry`. Returns (L_w, readout (B, K), kept bytes)."""
         caches = [dict() for _ in range(k)]     # caches[i][layer], step t0 + i
 
-        z = sum(self.model.forward(input_at(xw, i), run_keeping_step(caches[i], state))
+        z = sum(self.model.forward(input_at(xw, i), run_keeping_step(caches[i], state,
+                                                                  self.packer.keep))
                 for i in range(k)) / k
         if not carry:
             state.clear()                       # free the last potentials before backward

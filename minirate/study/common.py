@@ -160,7 +160,7 @@ def model_from_checkpoint(path, conv_algo="im2col"):
 
 
 # -- methods: 'bptt', 'rate_s', 'tbptt:K=2', 'local:N=2', 'tbptt:K=2:N=2', 'bptt:mode=s',
-#    'sltt', 'sltt:K=2', 'ottt' ---------------------------------------------------------------
+#    'sltt', 'sltt:K=2', 'ottt', 'bptt:pack', 'bptt:blocks', 'bptt:mode=s:recompute=2' --------
 SPEC_NAMES = ("bptt", "rate", "rate_m", "rate_s", "tbptt", "local", "sltt", "ottt")
 ONLINE = ("sltt", "ottt")         # one loss per step, a spatial backward after each step
 
@@ -171,6 +171,9 @@ class MethodSpec(NamedTuple):
     step_mode: str        # 'm' or 's' (sltt and ottt: always 's', one step at a time)
     window: object        # K: the tbptt window, or SLTT's steps with a backward; None: all T
     local_blocks: int     # N (1: end-to-end)
+    pack: bool = False    # spikes kept as bits
+    recompute: object = None   # bptt: recompute window K (step mode s); None: none
+    blocks: bool = False  # bptt: recompute each block in backward
 
     @property
     def per_step_loss(self):
@@ -184,35 +187,52 @@ class MethodSpec(NamedTuple):
             kw["sltt_k" if self.name == "sltt" else "window"] = min(self.window, T)
         if self.local_blocks != 1:
             kw["local_blocks"] = self.local_blocks
+        if self.pack:
+            kw["pack_spikes"] = True
+        if self.recompute is not None:
+            kw["recompute_window"] = min(self.recompute, T)
+        if self.blocks:
+            kw["recompute_blocks"] = True
         return kw
 
     def costs(self, model, x_shape, T, split_at=None):
         """`costs.method_costs` of this method for one step on a batch of shape x_shape."""
         return method_costs(model, x_shape, T, self.name, self.step_mode, self.window,
-                            self.local_blocks, split_at)
+                            self.local_blocks, split_at, pack_spikes=self.pack,
+                            recompute_window=self.recompute, recompute_blocks=self.blocks)
 
 
 def parse_method_spec(text):
-    """'name[:key=value...]' -> MethodSpec. Keys: K (tbptt window; sltt: steps with a backward,
-    drawn at random per batch), N (local blocks), mode (m|s, bptt/tbptt/local). 'local' is BPTT
-    with local blocks (default N=2); 'rate' is rate_m; sltt and ottt run single-step."""
+    """'name[:key=value...][:flag...]' -> MethodSpec. Keys: K (tbptt window; sltt: steps with a
+    backward, drawn at random per batch), N (local blocks), mode (m|s, bptt/tbptt/local),
+    recompute (bptt in mode s: the recompute window). Flags: pack (spikes kept as bits: bptt,
+    tbptt, local, sltt), blocks (bptt: recompute each block). 'local' is BPTT with local blocks
+    (default N=2); 'rate' is rate_m; sltt and ottt run single-step."""
     name, *options = text.split(":")
     if name not in SPEC_NAMES:
         raise argparse.ArgumentTypeError(f"unknown method {name!r} in {text!r}; choose from "
                                          f"{', '.join(SPEC_NAMES)} (e.g. tbptt:K=2, local:N=2, "
-                                         f"sltt:K=2)")
+                                         f"sltt:K=2, bptt:pack, bptt:blocks)")
     values = {}
     for opt in options:
         key, eq, value = opt.partition("=")
-        if not eq or key not in ("K", "N", "mode") or key in values:
+        known = ("K", "N", "mode", "recompute") if eq else ("pack", "blocks")
+        if key not in known or key in values:
             raise argparse.ArgumentTypeError(f"bad option {opt!r} in method {text!r}; use K=, "
-                                             f"N= or mode=, once each")
+                                             f"N=, mode=, recompute=, pack or blocks, once each")
         values[key] = value
     try:
         window = positive_int(values["K"]) if "K" in values else None
         blocks = positive_int(values.get("N", "2" if name == "local" else "1"))
+        recompute = positive_int(values["recompute"]) if "recompute" in values else None
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"method {text!r}: K and N {e}") from None
+        raise argparse.ArgumentTypeError(f"method {text!r}: K, N and recompute {e}") from None
+    if "pack" in values and name not in ("bptt", "tbptt", "local", "sltt"):
+        raise argparse.ArgumentTypeError(f"method {text!r}: pack is for bptt, tbptt, local and "
+                                         f"sltt ({name} keeps no spikes for backward)")
+    if ("blocks" in values or recompute is not None) and (name != "bptt" or blocks != 1):
+        raise argparse.ArgumentTypeError(f"method {text!r}: recompute= and blocks are for bptt "
+                                         f"on the whole network")
     if window is not None and name not in ("tbptt", "sltt"):
         raise argparse.ArgumentTypeError(f"method {text!r}: K= is the tbptt window or the "
                                          f"sltt backward steps")
@@ -221,8 +241,12 @@ def parse_method_spec(text):
     mode = values.get("mode", "s" if name in ("rate_s",) + ONLINE else "m")
     if mode not in ("m", "s") or ("mode" in values and name not in ("bptt", "tbptt", "local")):
         raise argparse.ArgumentTypeError(f"method {text!r}: mode= is m or s, for bptt/tbptt/local")
+    if recompute is not None and mode != "s":
+        raise argparse.ArgumentTypeError(f"method {text!r}: recompute= needs mode=s (in mode m "
+                                         f"batchnorm takes its statistics over all T at once)")
     base = {"local": "bptt", "rate": "rate_m"}.get(name, name)
-    return MethodSpec(text, base, mode, window, blocks)
+    return MethodSpec(text, base, mode, window, blocks, "pack" in values, recompute,
+                      "blocks" in values)
 
 
 def method_specs(text):

@@ -55,9 +55,11 @@ def method_list(text):
             out.append(t)
             continue
         spec = parse_method_spec(t)
-        if spec.name == "bptt" and spec.local_blocks == 1:
+        exact_variant = spec.pack or spec.recompute is not None or spec.blocks
+        if spec.name == "bptt" and spec.local_blocks == 1 and not exact_variant:
             raise argparse.ArgumentTypeError(f"{t!r} is the reference; compare rate_m, rate_s, "
-                                             f"{LIMIT}, tbptt:K=.., local:N=.. against it")
+                                             f"{LIMIT}, tbptt:K=.., local:N=.., bptt:pack, "
+                                             f"bptt:blocks against it")
         out.append(spec)
     return out
 

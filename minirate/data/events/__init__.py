@@ -22,17 +22,20 @@ EVENT_DATASETS = tuple(NUM_CLASSES)
 
 
 def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, flip=True, roll=5,
-                  size=48, split_by="count", split=None, cache_dir=None, progress=True):
+                  size=48, split_by="count", split=None, cache_dir=None, progress=True,
+                  pipeline="minirate", split_order="number"):
     """(train_loader, test_loader) of `dataset` ('cifar10dvs' or 'dvsgesture') with T frames.
 
     The frame cache lives in cache_dir (default data_dir) and is built from the raw recordings
     in data_dir on first use (progress: show a bar). split: a named split (default: the data
-    set's own, see datasets.py). Samples with no events are left out of both splits (and said so).
+    set's own, see datasets.py), its samples taken per class in `split_order` ('number', or
+    'name': SpikingJelly's file-name order). pipeline: 'minirate' (flip and roll) or 'ottt'
+    (loader.py). Samples with no events are left out of both splits (and said so).
     """
     frames = open_or_build(dataset, data_dir, cache_dir or data_dir, T, split_by, size, progress)
     try:
         is_test = split_of(dataset, frames.rank, frames.labels, frames.split,
-                           split or DEFAULT_SPLIT[dataset])
+                           split or DEFAULT_SPLIT[dataset], order=split_order)
     except BaseException:
         frames.close()
         raise
@@ -40,9 +43,9 @@ def event_loaders(dataset, data_dir, T, batch_size, eval_batch_size, seed=0, fli
     if skipped:
         print(f"note: {skipped}", flush=True)
     train = EventLoader(frames, np.flatnonzero((is_test == 0) & frames.usable), batch_size, True,
-                        seed, flip, roll)
+                        seed, flip, roll, pipeline=pipeline)
     test = EventLoader(frames, np.flatnonzero((is_test == 1) & frames.usable), eval_batch_size,
-                       False, seed)
+                       False, seed, pipeline=pipeline)
     return train, test
 
 

@@ -15,15 +15,19 @@ jAER shows a DVS128 event at column x = 127 - raw_x, row y = raw_y with polarity
 Its DVS128 event extractor uses masks 0xFE >> 1 and 0x7F00 >> 8, type mask 0x01, flips x and
 the type, and takes addresses with the sync bit 15 or a special-event bit set as special events;
 jAER's dat2mat.m, which the CIFAR10-DVS README points to for reading the files, gives the same
-x, y and polarity. Independent readers of CIFAR10-DVS agree on the bit fields: SpikingJelly's
-and Tonic's loaders use x 0xFE >> 1, y 0x7F00 >> 8, polarity 0x01 with ON = 1 - bit 0; they
-then place the event at column 127 - raw_y, row 127 - raw_x, which turns the recordings upright
-(the CIFAR10-DVS orientation fix of events-tfds), and `cifar10dvs_xy` below does the same.
+x, y and polarity. SpikingJelly's loader uses the same bit fields (x 0xFE >> 1, y 0x7F00 >> 8,
+polarity 0x01 with ON = 1 - bit 0) and then places the event at column 127 - raw_y, row
+127 - raw_x, which turns the recordings upright (spikingjelly/datasets/cifar10_dvs.py:130-143);
+`cifar10dvs_xy` below does the same. The older SpikingJelly copy that OTTT ships places it at
+column 127 - raw_x, row raw_y (OTTT-SNN datasets/cifar10_dvs.py:160-169): a quarter turn of
+minirate's frames (events/ottt_transform.py). Tonic does not read these files: it downloads a
+re-export of CIFAR10-DVS as AEDAT 4 (figshare file 38023437) and decodes it with the `aedat`
+package (tonic/datasets/cifar10dvs.py:33-36, :103; tonic/io.py:35-67), so no DVS128 bit layout
+and no flip appear in its code; its orientation is whatever the re-export holds.
 
 Sources: the CIFAR10-DVS README on figshare (jAER format, DVS128 filters); jAER's DVS128 event
 extractor (ch/unizh/ini/jaer/chip/retina/DVS128.java); SpikingJelly `datasets/cifar10_dvs.py`;
-Tonic `datasets/cifar10dvs.py`; a Julia AEDAT reader (pol = a & 1, x = (a >> 1) & 0x7F,
-y = (a >> 8) & 0x7F, ext = bit 15).
+a Julia AEDAT reader (pol = a & 1, x = (a >> 1) & 0x7F, y = (a >> 8) & 0x7F, ext = bit 15).
 """
 import numpy as np
 

@@ -6,6 +6,14 @@ CIFAR10-DVS (Li et al. 2017): 10 classes x 1,000 DVS128 recordings, jAER AEDAT 2
                                                      in place, not extracted)
     Recordings are ordered by the number in their file name (cifar10_airplane_17.aedat -> 17).
     Splits, per class: '9:1' (default) = first 90 % train, last 10 % test (900 / 100); '8:2'.
+    Split order (`split_of(..., order=)`): 'number' (default) takes "first" in that numeric
+    order (the files 0..899 train, as OTTT's loader lists them by number,
+    OTTT-SNN datasets/cifar10_dvs.py:252-263); 'name' reproduces SpikingJelly's
+    split_to_train_test_set: the files of a class in name order (torchvision's DatasetFolder
+    sorts the file names as strings, so ..._10 precedes ..._2), the first ceil(ratio * n)
+    train, no shuffling (its default random_split=False; spikingjelly datasets/utils.py:
+    1142-1167). Its test files of a class are then 91..99 and 909..999 (100), and the two
+    900-file training sets share 891 recordings per class.
 
 DVS128 Gesture (Amir et al. 2017): 11 gestures by 29 users under several lightings, AEDAT 3.1.
     DATA_DIR/DvsGesture/userNN_<lighting>.aedat + userNN_<lighting>_labels.csv
@@ -34,6 +42,7 @@ CIFAR10DVS_SPLITS = {"9:1": 0.9, "8:2": 0.8}
 GESTURE_CLASSES = 11
 FOLDERS = {"cifar10dvs": "CIFAR10-DVS", "dvsgesture": "DvsGesture"}
 DEFAULT_SPLIT = {"cifar10dvs": "9:1", "dvsgesture": "users"}
+SPLIT_ORDERS = ("number", "name")
 SPLIT_NAMES = {"cifar10dvs": tuple(CIFAR10DVS_SPLITS), "dvsgesture": ("users",)}
 NUM_CLASSES = {"cifar10dvs": 10, "dvsgesture": GESTURE_CLASSES}
 GESTURE_HINT = ("download DvsGesture.tar.gz from https://research.ibm.com/interactive/dvsgesture/ "
@@ -203,8 +212,42 @@ def segment(events, start, end):
     return tuple(a[lo:hi] for a in events)
 
 
-def split_of(name, samples_rank, labels, default_split, split):
-    """Train/test flag per sample (0 train, 1 test) under the named split."""
+def name_key(number):
+    """Sort key of recording `number` of a class in file-name order. All names of a class share
+    the prefix cifar10_<class>_, so the order is that of the strings '<number>.': '.' sorts
+    before every digit, as the '.aedat' / '.npz' suffix does ('1.' < '10.' < '2.')."""
+    return f"{int(number)}."
+
+
+def name_ranks(samples_rank, labels):
+    """Position of each sample within its class in file-name order (int64 (N,)).
+
+    samples_rank: the by-number position stored in the cache. The distributed files of a class
+    are numbered 0..n-1 (cifar10_<class>_0 ... _999), so the by-number position is the number.
+    """
+    samples_rank, labels = np.asarray(samples_rank), np.asarray(labels)
+    out = np.empty(len(samples_rank), np.int64)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order = sorted(range(len(idx)), key=lambda i: name_key(samples_rank[idx[i]]))
+        out[idx[order]] = np.arange(len(idx))
+    return out
+
+
+def split_of(name, samples_rank, labels, default_split, split, order="number"):
+    """Train/test flag per sample (0 train, 1 test) under the named split.
+
+    order (CIFAR10-DVS): 'number' = the first round(ratio * n) by file number; 'name' = the
+    first ceil(ratio * n) by file name, SpikingJelly's split_to_train_test_set.
+    """
+    if order not in SPLIT_ORDERS:
+        raise DatasetError(f"unknown split order {order!r}; choose one of "
+                           f"{', '.join(SPLIT_ORDERS)}")
+    if name == "cifar10dvs" and order == "name" and split in CIFAR10DVS_SPLITS:
+        counts = np.bincount(labels, minlength=NUM_CLASSES[name])
+        # ceil(ratio * n) as math.ceil does (utils.py:1164); 0.9 * 1000 is exactly 900.0
+        n_train = np.ceil(CIFAR10DVS_SPLITS[split] * counts).astype(np.int64)
+        return (name_ranks(samples_rank, labels) >= n_train[labels]).astype(np.uint8)
     if split == DEFAULT_SPLIT[name]:
         return np.asarray(default_split)
     if name == "cifar10dvs" and split in CIFAR10DVS_SPLITS:

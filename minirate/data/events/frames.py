@@ -3,17 +3,28 @@
 Integration (a `bincount` per frame, no loop over events). With N events sorted by time, event
 i goes to frame k(i) and adds 1 at [k, p, y, x] (p = 0 OFF, 1 ON):
 
-    split_by='count' (the published recipe):  k(i) = min(i // (N // T), T - 1)
+    split_by='count' (OTTT's frames):  k(i) = min(i // (N // T), T - 1)
         equal event counts, the last frame also taking the N mod T remainder;
     split_by='time':  k(i) = min((t_i - t_0) // dt, T - 1),  dt = (t_last - t_0) // T
         equal time slices, the last one closed at t_last.
 
-(SpikingJelly's "frames number" integration splits the same way, so frames match the
-published pipelines.) Fewer than T events: event i goes to frame i (count) and the rest stay 0.
+(SpikingJelly's "frames number" integration splits the same way, and so does the copy of it
+that OTTT ships: OTTT-SNN datasets/dataset_utils.py:168-172, used with split_by='number' at
+train_cifar10dvs.py:115.) Fewer than T events: event i goes to frame i (count) and the rest
+stay 0.
 
-Resize: bilinear, half-pixel centres, no antialiasing -- what torchvision's Resize does on a
-float tensor (F.interpolate(mode='bilinear', align_corners=False)), which the rate-BP recipe
-applies to 128x128 CIFAR10-DVS frames to get 48x48. Output pixel o reads input position
+Resize: bilinear, half-pixel centres, no antialiasing, on the float counts (what
+F.interpolate(mode='bilinear', align_corners=False) does). This is minirate's choice, not a copy
+of a published pipeline. rate-BP (rate-based-backpropagation util/data.py:8-40) loads frames
+saved as .pt files by a script it does not publish (so their integration and scale are
+unknown) and resizes each frame through ToPILImage -> Resize((48, 48)) -> ToTensor (:14-16,
+:28); OTTT does the same with Resize(48) (train_cifar10dvs.py:98-112) on raw counts. On a float
+tensor ToPILImage multiplies by 255 and casts to uint8 (a count c becomes 255 c mod 256), makes
+the two channels a Pillow "LA" image (OFF as grey, ON as alpha), and Pillow's antialiased
+bilinear resize weights the grey channel by the alpha channel. minirate keeps counts as
+counts and treats both polarities alike, so its frames are a linear function of the events;
+`EventLoader(..., pipeline="ottt")` reproduces OTTT's route (ottt_transform.py) for comparisons.
+Output pixel o reads input position
 s = (o + 0.5) * in/out - 0.5 (clamped at 0) between its two neighbours floor(s) and
 floor(s) + 1 (clamped at the last pixel), weighted 1 - (s - floor(s)) and s - floor(s); first
 along y, then along x.

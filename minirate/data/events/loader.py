@@ -11,11 +11,19 @@ Augmentation (training only), the rate-BP recipe for event frames, per sample, t
 all T frames of a sample: random horizontal flip (p = 1/2), then a random circular shift of
 dy, dx in {-roll, ..., roll} pixels (numpy.roll over y and x). No normalisation: the frames are
 event counts.
+
+pipeline="ottt" replaces all of that, for training and test batches alike, by OTTT's transform
+(ottt_transform.py): bytes as torchvision's ToPILImage makes them, Pillow resize to 48, pad 4
+and one random 48 crop per sample (training), normalised with OTTT's constants; flip and roll
+are not used.
 """
 import numpy as np
 
 from ..cifar import DatasetError
 from ..loader import Loader
+from .ottt_transform import ottt_frames
+
+PIPELINES = ("minirate", "ottt")
 
 
 def augment_frames(x, rng, flip=True, roll=5):
@@ -50,12 +58,18 @@ class EventLoader(Loader):
 
     frames: an open cache (cache.EventFrames).  index: the sample numbers of this split.
     flip, roll: augmentation when train (roll = largest shift in pixels, 0 = off).
+    pipeline: "minirate" (flip and roll above) or "ottt" (ottt_transform.ottt_frames, on
+    training and test batches; flip and roll unused).
     """
 
     def __init__(self, frames, index, batch_size, train, seed=0, flip=True, roll=5,
-                 drop_last=None, prefetch=2):
+                 drop_last=None, prefetch=2, pipeline="minirate"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if pipeline not in PIPELINES:
+            raise ValueError(f"unknown event pipeline {pipeline!r}; choose one of "
+                             f"{', '.join(PIPELINES)}")
+        self.pipeline = pipeline
         self.frames, self.index = frames, np.asarray(index, np.int64)
         self.x = self.index                 # Loader counts samples with len(self.x)
         self.y = frames.labels[self.index]
@@ -69,8 +83,9 @@ class EventLoader(Loader):
         pos = order[b * self.batch_size:(b + 1) * self.batch_size]
         xb = np.stack([self.frames.frames(i) for i in self.index[pos]])    # (B, T, 2, H, W)
         check_counts(xb, self.index[pos], self.frames)
-        if self.train:
-            rng = np.random.default_rng(
-                np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
+        if self.pipeline == "ottt":
+            xb = ottt_frames(xb, rng, self.train)                         # (B, T, 2, 48, 48)
+        elif self.train:
             xb = augment_frames(xb, rng, self.flip, self.roll)
         return np.ascontiguousarray(xb.transpose(1, 0, 2, 3, 4)), self.y[pos]   # -> (T, B, ...)
