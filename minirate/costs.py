@@ -329,9 +329,8 @@ def recomputed_forwards(ops, blocks, step_mode, itemsize, pack_spikes=False,
     if recompute_blocks:
         segs = _segments(ops, blocks)
         k = len(segs)
-        if step_mode == "m":
-            spike_size = 1 / 8 if pack_spikes else itemsize
-            k = trailing_segments([_cache_bytes(seg, itemsize, spike_size) for seg in segs])
+        if step_mode == "m":              # as the method finds them: caches made again, unpacked
+            k = trailing_segments([_cache_bytes(seg, itemsize, itemsize) for seg in segs])
         for seg in segs[:k]:
             for op in seg:
                 again[op.name] += 1
@@ -447,12 +446,14 @@ def _kept_bytes(ops, blocks, T, base, step_mode, window, itemsize, pack_spikes,
         inputs = [0 if seg[0].src is None else
                   _size(seg[0].in_shape) * (spike_size if seg[0].spike_in else itemsize)
                   for seg in segs]
-        # held while segment i is run again: the inputs of segments before it, its caches
-        moments = [sum(inputs[:i]) + caches(seg) for i, seg in enumerate(segs)]
+        # a segment's caches made again in backward stay unpacked; held while segment i is run
+        # again: the inputs of the segments before it, and its caches
+        fresh = [_cache_bytes(seg, itemsize, itemsize) for seg in segs]
+        moments = [sum(inputs[:i]) + fresh[i] for i in range(len(segs))]
         if step_mode == "m":              # the trailing segments keep their caches at once
-            sizes = [caches(seg) for seg in segs]
-            k = trailing_segments(sizes)
-            return T * max([sum(inputs[:k]) + sum(sizes[k:])] + moments[:k])
+            k = trailing_segments(fresh)
+            trailing = sum(caches(seg) for seg in segs[k:])
+            return T * max([sum(inputs[:k]) + trailing] + moments[:k])
         record = sum(inputs)              # a step's segment inputs (and the state it starts from)
     K = min(recompute_window or T, T)
     most = 0

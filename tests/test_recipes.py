@@ -111,6 +111,9 @@ for _ds in ("cifar10", "cifar100"):
     _wd = {"cifar10": 5e-5, "cifar100": 5e-4}[_ds]         # README.md:17, 20
     AUTHORS[f"sltt-{_ds}-preactresnet18"] = dict(SLTT_CIFAR, **SLTT_M, dataset=_ds, wd=_wd)
     AUTHORS[f"sltt-bptt-{_ds}-preactresnet18"] = dict(SLTT_CIFAR, **BPTT_S, dataset=_ds, wd=_wd)
+    # no SLTT-K command for CIFAR in the README: SLTT's options with K = 2 (chosen)
+    AUTHORS[f"sltt-k-{_ds}-preactresnet18"] = dict(SLTT_CIFAR, **SLTT_M, dataset=_ds, wd=_wd,
+                                                    sltt_k=2)
 
 
 def _read(name):

@@ -80,7 +80,7 @@ def test_less_is_kept_and_window_memory_follows_T_over_K_plus_K():
                                  ("both", "m", dict(recompute_blocks=True, pack_spikes=True))]:
             kept[name, T] = _run(NETS["small"], T, mode, np.float32, x, y, **opts)[4]
     assert kept["blocks", 16] < 0.7 * kept["bptt", 16]
-    assert kept["both", 16] < kept["blocks", 16]
+    assert kept["both", 16] <= kept["blocks", 16]     # at its fullest: one segment made again
     # BPTT grows as T; windows of K = 4 keep T/K states and one window's caches
     assert kept["bptt", 16] > 3.9 * kept["bptt", 4]
     assert kept["window", 4] == kept["bptt", 4]                   # one window: all of it

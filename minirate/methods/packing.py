@@ -13,8 +13,8 @@ same as without packing. A method packs what it keeps (`Packer.keep`, on each ca
 stored) and unpacks before the layer's backward (`unpacked`); layers never see a packed array.
 
 What is packed is decided by value, not by which layer made it: a floating array of a cache is
-packed when every number in it is +0.0 or 1.0 (tested on its bits, so −0.0 stays as it is). A
-first look at a few numbers rules out most real-valued arrays at once. The parameters a cache
+packed when every number in it is +0.0 or 1.0 (tested on its bits, so −0.0 stays as it is;
+`try_pack`). A first look at a few numbers rules out most real-valued arrays at once. The parameters a cache
 refers to (W, γ) are never looked at. Real-valued caches (batchnorm's x − μ, a LIF layer's u,
 firing rates, OTTT's traces) stay as they are, so a method without spikes in its caches packs
 nothing.
@@ -34,20 +34,33 @@ class PackedSpikes(NamedTuple):
     dtype: object      # its floating dtype
 
 
-def is_binary(a):
-    """True when the floating array `a` holds only +0.0 and 1.0 (compared as bit patterns)."""
+def try_pack(a):
+    """PackedSpikes of the floating array `a` when it holds only +0.0 and 1.0, else None.
+
+    One pass finds the ones, s1 = (a == 1); `a` is 0/1 exactly when the numbers whose bits are
+    not all zero are just those ones (so −0.0 and NaN are not 0/1). A first look at a few
+    numbers turns most real-valued arrays away before any pass over the whole.
+    """
     xp = get_array_module(a)
     uint = {4: xp.uint32, 8: xp.uint64, 2: xp.uint16}.get(a.dtype.itemsize)
     if uint is None or a.size == 0 or a.dtype.kind != "f":
-        return False
-    one = np.array(1, dtype=a.dtype).view(np.dtype(uint).type).item()   # bits of 1.0
+        return None
 
-    def binary(v):
-        bits = xp.ascontiguousarray(v).reshape(-1).view(uint)
-        return bool(((bits == 0) | (bits == one)).all())
+    def nonzero_bits(v):
+        return int(xp.count_nonzero(xp.ascontiguousarray(v).reshape(-1).view(uint)))
 
     first = a.reshape(-1)[:FIRST_LOOK] if a.ndim == 1 else a[:1]     # a view: no copy of a
-    return binary(first) and binary(a)
+    if nonzero_bits(first) != int(xp.count_nonzero(first == 1)):
+        return None
+    ones = (a == 1).reshape(-1)
+    if nonzero_bits(a) != int(xp.count_nonzero(ones)):
+        return None
+    return PackedSpikes(xp.packbits(ones), a.shape, a.dtype)
+
+
+def is_binary(a):
+    """True when the floating array `a` holds only +0.0 and 1.0 (compared as bit patterns)."""
+    return try_pack(a) is not None
 
 
 def pack(a):
@@ -85,15 +98,16 @@ class Packer:
                 packed = self.keep(v)
                 if packed is not v:
                     changes[name] = packed
-            elif _is_floating_array(v) and id(v) not in self.exclude and is_binary(v):
-                changes[name] = pack(v)
+            elif _is_floating_array(v) and id(v) not in self.exclude:
+                packed = try_pack(v)
+                if packed is not None:
+                    changes[name] = packed
         return cache._replace(**changes) if changes else cache
 
     def array(self, a):
         """A single array to keep (a block's input): packed when it is 0/1."""
-        if self.enabled and _is_floating_array(a) and is_binary(a):
-            return pack(a)
-        return a
+        packed = try_pack(a) if self.enabled and _is_floating_array(a) else None
+        return a if packed is None else packed
 
 
 def unpacked(cache):

@@ -21,7 +21,10 @@ statistics over all T steps at once, so no window can be run again on its own.
 
 Together, a window run again keeps each step's segment inputs (and the LIF states each segment
 starts the step from) instead of its caches, and each segment is run a third time in backward.
-Packed spikes (packing.py) apply to everything kept, recomputed caches included.
+Packed spikes (packing.py) apply to everything kept from one pass to another: segment inputs,
+window states and caches, the trailing segments' caches. A segment's caches made again in
+backward are used at once and dropped: they stay unpacked, which would cost a pass over them
+for bytes held only while that one segment backpropagates.
 
 Why bitwise: a forward run again does the same arithmetic on the same numbers (the segment's
 input, or the window's state), in the same order and on as many rows, so its caches equal the
@@ -133,8 +136,9 @@ class RecomputedBPTT(BPTT):
         self.window, self.blocks = window, blocks
         self.segments = segments(model) if blocks else None
         # multi-step: segments from keep_from on keep their caches in the first forward, and are
-        # not run again (`trailing_segments`, learnt from the caches of the step before)
+        # not run again (`trailing_segments`, from the segments' caches in the first step)
         self.keep_from = len(self.segments) if blocks else None
+        self.learnt = False
 
     def step(self, x, y, loss_fn=cross_entropy):
         self.saved = None                       # buffers as the first forward leaves them
@@ -155,10 +159,10 @@ class RecomputedBPTT(BPTT):
         def run(layer, h):                       # forward keeping nothing
             return layer.forward(h, T)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
 
-        def run_keeping(i):
+        def run_keeping(i, pack=True):           # pack: caches held past segment i's backward
             def run(layer, h):
                 out, cache = layer.forward(h, T) if isinstance(layer, LIF) else layer.forward(h)
-                caches[i][layer] = keep.keep(cache)
+                caches[i][layer] = keep.keep(cache) if pack else cache
                 return out
             return run
 
@@ -175,15 +179,16 @@ class RecomputedBPTT(BPTT):
         self.kept_bytes = 0
         self._note_kept(inputs, caches)
         loss, logits, dh = self.output_gradient(h, y, loss_fn)
-        sizes = []
+        sizes = []                               # bytes of each segment's caches, last first
         for i in reversed(range(len(segs))):
             if inputs[i] is not None:
-                segs[i].forward(unpacked(inputs[i]), run_keeping(i))
+                segs[i].forward(unpacked(inputs[i]), run_keeping(i, pack=False))
                 inputs[i] = None
                 self._note_kept(inputs, caches)
             sizes.append(cache_nbytes(caches[i], exclude=self.model.params_list()))
             dh = segs[i].backward(dh, back(i), need_dx=i > 0)
-        self.keep_from = trailing_segments(sizes[::-1])
+        if not self.learnt:                      # every segment was run again, caches unpacked
+            self.keep_from, self.learnt = trailing_segments(sizes[::-1]), True
         return loss, logits
 
     # -- single-step: steps, windows of steps, segments of a step --------------------------------
@@ -239,7 +244,7 @@ class RecomputedBPTT(BPTT):
         for i in reversed(range(len(self.segments))):
             caches, u = {}, dict(record.u_before)
             self.segments[i].forward(unpacked(record.inputs[i]),
-                                     run_keeping_step(caches, u, self.packer.keep))
+                                     run_keeping_step(caches, u))
             record.inputs[i] = None
             self._note_kept(records, states, caches)
             dout = self.segments[i].backward(dout, back_through_step(caches, du_post),
