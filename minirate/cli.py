@@ -93,3 +93,7 @@ def below_one(text):
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
     return v
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported as one line, exit status 1."""

@@ -13,6 +13,7 @@ allocation (`guard`).
 """
 from .backend import available_memory
 from .costs import step_memory
+from .methods import LOCAL
 
 GiB = 2 ** 30
 FLAT_IN_T = ("rate", "rate_m", "rate_s", "sltt", "ottt")
@@ -85,3 +86,18 @@ def guard(step, need_line, options):
                                  f"with {options}") from None
 
     return guarded
+
+
+def guard_training(method, model, cfg, input_shape, ranks, xp):
+    """train.py's check before training: refuse a step of `method` on this rank's batch of
+    `input_shape` that clearly cannot fit, and make one that runs out later end with the same
+    line (method.step is wrapped in place by `guard`). cfg: train.py's options."""
+    lower = lower_with(cfg["method"], cfg["window"], cfg["dtype"], cfg["method"] in LOCAL, ranks)
+    need, free = check_step(model, input_shape, cfg["T"], cfg["method"], xp, lower,
+                            cfg["step_mode"], cfg["window"], cfg["local_blocks"], cfg["split_at"],
+                            2 if cfg["optimizer"] == "adam" else int(cfg["momentum"] > 0),
+                            pack_spikes=cfg["pack_spikes"],
+                            recompute_window=cfg["recompute_window"],
+                            recompute_blocks=cfg["recompute_blocks"])
+    method.step = guard(method.step, f" (estimated: at least {gib(need['total'])}"
+                        + (f"; {gib(free[0])} available before training)" if free else ")"), lower)

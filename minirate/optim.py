@@ -183,6 +183,20 @@ def cosine_lr(base_lr, step, total_steps, warmup_steps=0, min_lr=0.0):
     return min_lr + (base_lr - min_lr) * (1.0 + math.cos(math.pi * t / T)) / 2.0
 
 
+def lr_schedule(base_lr, epochs, steps_per_epoch, warmup_epochs=0, per="batch"):
+    """lr_at(step): the rate of 0-based optimizer `step` in a run of `epochs` epochs, cosine_lr
+    over all its steps after a linear warm-up of `warmup_epochs`. per="epoch": the rate moves
+    once per epoch, as a scheduler stepped after each epoch (the warm-up is then whole epochs)."""
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = int(warmup_epochs * steps_per_epoch)
+
+    def lr_at(step):
+        if per == "epoch":
+            return cosine_lr(base_lr, step // steps_per_epoch, epochs, int(warmup_epochs))
+        return cosine_lr(base_lr, step, total_steps, warmup_steps)
+    return lr_at
+
+
 def clip_grad_norm(params, max_norm):
     """Scale every gradient in place so their global L2 norm is at most `max_norm`.
 

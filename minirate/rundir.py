@@ -5,6 +5,10 @@
     holds_run(out)               # True when OUT already has a run's checkpoints or log
     remove_stale_temporaries(out)
 
+train.py's use of them (through resume.open_run): `claim` takes the folder before anything is
+read from a checkpoint, `refuse_other_run` once the checkpoint has passed its checks, and
+`clear_for_run` is the run's first change in the folder.
+
 The lock is a file holding the owner's pid and host name, locked with flock(2) (lockfile.py): a
 lock file left behind by a dead run is stale by construction, and the next run locks it, says
 whose it was, and takes it over. A live owner keeps it locked, and a second run into the same
@@ -18,6 +22,7 @@ import errno
 import os
 import re
 
+from .cli import UsageError
 from .lockfile import LockBusy, LockUnavailable, acquire, release
 
 LOCK_NAME = ".lock"
@@ -109,3 +114,56 @@ def remove_stale_temporaries(out):
             except OSError:
                 pass
     return removed
+
+
+# -- a training run's use of the folder (train.py; rank 0 alone writes) -------------------------
+def claim(cfg, lead, log):
+    """Take --out for this run: resolve --resume auto, and on rank 0 make the folder, lock it and
+    refuse to start a new run over one it holds. Returns (the checkpoint to resume from or "",
+    whether that checkpoint lies in --out and so continues the run there)."""
+    out = cfg["out"]
+    last_path = os.path.join(out, "last.npz")
+    resume = cfg["resume"]
+    if resume == "auto":
+        resume = last_path if os.path.exists(last_path) else ""
+        if not resume:
+            log(f"resume auto: no checkpoint in {out}, starting fresh")
+    # a checkpoint of this folder continues its run; one from elsewhere would replace it
+    resume_here = bool(resume) and (os.path.realpath(os.path.dirname(os.path.abspath(resume)))
+                                     == os.path.realpath(out))
+    if lead:
+        prepare_out(out)
+        lock = RunLock(out)
+        if lock.previous_owner:
+            log(f"took over the stale lock of a run that is no longer running "
+                f"({lock.previous_owner})")
+        if holds_run(out) and not resume and not cfg["overwrite"]:
+            if cfg["resume"] == "auto":      # e.g. killed between its first best and last save
+                raise UsageError(f"{out} holds a run but no last.npz to continue it from; "
+                                 f"resume from another checkpoint with --resume PATH, or "
+                                 f"replace the run with --overwrite")
+            raise UsageError(f"{out} already holds a run; continue it with --resume auto, "
+                             f"or replace it with --overwrite")
+    return resume, resume_here
+
+
+def refuse_other_run(out, resume, resume_here, overwrite):
+    """A checkpoint from elsewhere would replace the run that --out holds: only with
+    --overwrite. (Asked once the checkpoint itself has passed its checks.)"""
+    if resume and not resume_here and holds_run(out) and not overwrite:
+        raise UsageError(f"{out} already holds another run than {resume}; continue that one "
+                         f"with --resume auto, choose an empty --out, or replace it with "
+                         f"--overwrite")
+
+
+def clear_for_run(out, replacing, log):
+    """The first change this run makes in --out: remove what interrupted saves left behind and,
+    when this run replaces the one there, that run's log and best checkpoint (its last.npz is
+    replaced atomically by this run's first save)."""
+    removed = remove_stale_temporaries(out)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) of an interrupted save in {out}")
+    if replacing:
+        for name in ("metrics.jsonl", "best.npz"):
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))

@@ -176,3 +176,14 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, synth):
                         "--wd", "0"))
     _one_line_error(r, 1, "step", "last good checkpoint")
     assert open(out / "last.npz", "rb").read() == good
+
+
+def test_train_py_stays_the_loop():
+    """train.py reads as the training loop: the file at most 300 lines, its main at most 100
+    (options, data set up, resuming and the run's record live in minirate/)."""
+    import ast
+    with open(os.path.join(ROOT, "train.py"), encoding="utf-8") as f:
+        text = f.read()
+    assert len(text.splitlines()) <= 300
+    main = [n for n in ast.parse(text).body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+    assert len(main) == 1 and main[0].end_lineno - main[0].lineno + 1 <= 100
