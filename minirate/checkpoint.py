@@ -199,10 +199,15 @@ def read_jsonl(path):
             data = f.read()
     except OSError as e:
         raise CheckpointError(f"cannot read log {path}: {_reason(e)}") from e
-    # Every complete record ends in b"\n"; whatever follows the last newline is a torn record.
-    lines = data.split(b"\n")[:-1]
+    return [record for _, record in jsonl_records(data, path)]
+
+
+def jsonl_records(data, path):
+    """[(line number, record)] of the complete lines of a JSON Lines log's bytes `data`: every
+    complete record ends in b"\n", whatever follows the last newline is a torn record (left
+    out). A line that is not a JSON object raises CheckpointError naming `path` and its number."""
     records = []
-    for lineno, raw in enumerate(lines, start=1):
+    for lineno, raw in enumerate(data.split(b"\n")[:-1], start=1):
         if not raw.strip():
             continue
         try:
@@ -212,7 +217,7 @@ def read_jsonl(path):
                                   f"{_one_line(e)}") from e
         if not isinstance(record, dict):
             raise CheckpointError(f"log {path} line {lineno} is not a JSON object")
-        records.append(record)
+        records.append((lineno, record))
     return records
 
 

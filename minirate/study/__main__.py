@@ -6,11 +6,13 @@
     python -m minirate.study design-space --arch small --width 0.25 --K 1,2,4 --N 1,2,3
     python -m minirate.study gradients --methods sltt,sltt:K=2,ottt --T 1,2,4
     python -m minirate.study memory-time --dataset cifar10dvs --data-dir data --frame-size 48
+    python -m minirate.study curves runs/bptt-T4 runs/rate-T4 --out runs/study
 
 Each subcommand writes NAME.csv, NAME.json and NAME.png (design-space: one PNG per quantity)
 into --out and prints its table. Images come from the bundled CIFAR-10 sample unless --dataset /
 --data-dir say otherwise; --dataset cifar10dvs or dvsgesture feeds event frames (T, B, 2, H, W);
-a data set that fails to load is an error.
+a data set that fails to load is an error. curves reads no data: the metrics.jsonl of runs of
+train.py.
 """
 import argparse
 import importlib
@@ -28,14 +30,16 @@ from .common import Bar, StudyError, make_out, remove_empty, write_rows
 # modules by name, since the package exports functions of the same names
 STUDIES = {cmd: (stem, importlib.import_module(f"{__package__}.{stem}"))
            for cmd, stem in (("memory-time", "memory_time"), ("gradients", "gradients"),
-                             ("firing", "firing"), ("design-space", "design_space"))}
+                             ("firing", "firing"), ("design-space", "design_space"),
+                             ("curves", "curves"))}
 
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m minirate.study", allow_abbrev=False,
                        description="The method comparison, measured: memory, time and costs "
-                                   "against T, gradients against BPTT, firing, and the design "
-                                   "space of truncation window x local blocks.")
+                                   "against T, gradients against BPTT, firing, the design "
+                                   "space of truncation window x local blocks, and the "
+                                   "training curves of runs.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(STUDIES) + "}")
     for _, module in STUDIES.values():
         module.add_parser(sub, argparse.ArgumentDefaultsHelpFormatter)
