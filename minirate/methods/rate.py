@@ -15,7 +15,8 @@ One training step is two passes over the same layers.
      LIF                     output r (from the spike pass); backward dI = dr · e
      BatchNorm               output γ (x − μ_s)/sqrt(σ²_s + eps) + β; backward: the exact derivative
                              of γ (x − μ(x))/sqrt(v(x) + eps) + β over the rate batch, with the
-                             statistics substituted straight-through (see BatchNorm.backward_fixed_stats)
+                             statistics substituted straight-through (see layers/batchnorm.py,
+                             _BatchNorm.backward_fixed_stats)
      loss                    cross-entropy of the rate-pass output, whose value equals the loss on the
                              time-averaged outputs (the layers after the last LIF are linear). Its
                              gradient is multiplied by 1/T when `scale_grad_by_T` (default, as the
