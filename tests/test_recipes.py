@@ -6,12 +6,11 @@ exactly, so a value changed in either place fails here.
 """
 import math
 import re
-import tomllib
 
 import pytest
 
 from minirate import recipes
-from minirate.recipes import RecipeError, load, names, table
+from minirate.recipes import RecipeError, load, names, table, tomllib
 from train import DATASETS, DEFAULTS
 
 ARCHS = {"small", "resnet18", "resnet19", "vgg11", "vggsnn_cifar", "vggsnn_dvs", "alexnet",

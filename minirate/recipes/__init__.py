@@ -25,7 +25,10 @@ built from the paper and marks every value as chosen.
     recipes.load("sltt-cifar10-preactresnet18")["options"]
 """
 import difflib
-import tomllib
+try:
+    import tomllib                      # Python 3.11 on
+except ImportError:                     # before: the same parser, as the tomli package
+    import tomli as tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
