@@ -284,7 +284,8 @@ def _help_entries():
     r = run_train("--help")
     assert r.returncode == 0
     entries, current = {}, None
-    for line in r.stdout[r.stdout.index("\noptions:"):].splitlines():
+    heading = "\noptions:" if "\noptions:" in r.stdout else "\noptional arguments:"  # < 3.10
+    for line in r.stdout[r.stdout.index(heading):].splitlines():
         if line.startswith("  -"):
             current = line.split()[0].rstrip(",")
             entries[current] = line
