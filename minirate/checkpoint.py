@@ -190,6 +190,13 @@ def append_jsonl(path, record):
         raise CheckpointError(f"cannot append to log {path}: {_reason(e)}") from e
 
 
+def section(arrays, name):
+    """The arrays of one part of a training checkpoint ('model' or 'optim'), under the names
+    that part's state dict uses: {"model/conv.weight": a} -> {"conv.weight": a}."""
+    prefix = name + "/"
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def read_jsonl(path):
     """All records (dicts) of a JSON Lines log, in order. A torn last line (no final newline) is
     ignored; any other line that is not a JSON object raises CheckpointError naming its number."""

@@ -312,16 +312,15 @@ def layer_costs(ops, batch, T, method="bptt", step_mode="m", window=None, itemsi
         for op in ops:
             if op.aux and not with_aux:
                 continue
+            macs, acs, r, w = routine_cost(op, routine, batch, steps, calls, itemsize)
             runs = 1 + (again or {}).get(op.name, 0) if routine == "fwd" else 1
-            for _ in range(runs):
-                macs, acs, r, w = routine_cost(op, routine, batch, steps, calls, itemsize)
-                rows.append(dict(name=op.name, routine=routine, macs=macs, acs=acs,
-                                 read_bytes=r, write_bytes=w))
+            rows += [dict(name=op.name, routine=routine, macs=macs, acs=acs, read_bytes=r,
+                          write_bytes=w) for _ in range(runs)]
     return rows
 
 
-def recomputed_forwards(ops, blocks, step_mode, itemsize, pack_spikes=False,
-                        recompute_window=None, recompute_blocks=False):
+def recomputed_forwards(ops, blocks, step_mode, itemsize, recompute_window=None,
+                        recompute_blocks=False):
     """{op name: times its forward runs again in backward} under bptt's recomputation
     (methods/recompute.py): every op once for a window; for blocks, the ops of every segment
     (in step mode m all but the trailing ones that keep their caches), once more."""
@@ -353,23 +352,22 @@ def sum_costs(rows):
 
 def method_costs(model, input_shape, T, method="bptt", step_mode="m", window=None,
                  local_blocks=1, split_at=None, itemsize=None, spike_input=False,
-                 pooled_spikes=False, pack_spikes=False, recompute_window=None,
-                 recompute_blocks=False):
+                 pooled_spikes=False, recompute_window=None, recompute_blocks=False):
     """Totals for one training step (see `sum_costs`) of `method` on a batch of `input_shape`:
     (B, C, H, W) static or (T, B, C, H, W) frames. window: K for tbptt, or SLTT-K's K for sltt;
     local_blocks / split_at:
     local training (split_at: module names where blocks start; default `default_split`, among
     `model.split_points` where the model lists them).
     itemsize: bytes per number (default: the model's parameter dtype). spike_input,
-    pooled_spikes: counting choices, see `trace`. pack_spikes, recompute_window,
-    recompute_blocks: bptt's options (the forwards run again, `recomputed_forwards`)."""
+    pooled_spikes: counting choices, see `trace`. recompute_window, recompute_blocks: bptt's
+    recomputation (the forwards run again, `recomputed_forwards`; packing changes no count)."""
     shape = tuple(input_shape)[1:] if len(input_shape) == 5 else tuple(input_shape)
     ops = trace(model, shape[1:], spike_input, pooled_spikes)
     ops = split_blocks(ops, local_blocks, split_at, model_split_candidates(model, ops))
     if itemsize is None:
         itemsize = model.params_list()[0].dtype.itemsize
     again = recomputed_forwards(ops, _residual_block_names(model), step_mode, itemsize,
-                                pack_spikes, recompute_window, recompute_blocks)
+                                recompute_window, recompute_blocks)
     return sum_costs(layer_costs(ops, shape[0], T, method, step_mode, window, itemsize, again))
 
 

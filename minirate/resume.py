@@ -15,7 +15,7 @@ for a damaged or foreign file. Every check comes before the first change to a fi
 import math
 import sys
 
-from .checkpoint import CheckpointError, first_non_finite, load_checkpoint
+from .checkpoint import CheckpointError, first_non_finite, load_checkpoint, section
 from .cli import UsageError
 from .config import DEFAULTS, ONLINE
 from .data.events import EVENT_DATASETS
@@ -85,14 +85,14 @@ def open_run(cfg, comm, log, model, opt, method, pos, lr_at, steps_per_epoch):
 def init_from(path, model):
     """--init-from: load the weights of the checkpoint at `path` into `model` (nothing else: a
     new run with a fresh optimizer, schedule and position)."""
-    arrays, meta = load_checkpoint(path)
+    weights = section(load_checkpoint(path)[0], "model")
     try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
+        model.load_state_dict(weights)
     except StateDictError as e:
         raise CheckpointError(f"--init-from {path} does not fit this model: {e}") from None
-    bad = first_non_finite({k: v for k, v in arrays.items() if k.startswith("model/")})
+    bad = first_non_finite(weights)
     if bad:
-        raise CheckpointError(f"--init-from {path} holds a NaN or an infinity in {bad}")
+        raise CheckpointError(f"--init-from {path} holds a NaN or an infinity in model/{bad}")
 
 
 def restore(resume, cfg, comm, model, opt, method, pos, steps_per_epoch):
@@ -130,8 +130,8 @@ def restore(resume, cfg, comm, model, opt, method, pos, steps_per_epoch):
                               f"non-finite values (NaN or inf); resume from an earlier "
                               f"checkpoint, or start over with --overwrite")
     try:
-        model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model/")})
-        opt.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim/")})
+        model.load_state_dict(section(arrays, "model"))
+        opt.load_state_dict(section(arrays, "optim"))
     except StateDictError as e:
         raise CheckpointError(f"{resume} does not fit this model: {e}") from None
     pos.update({k: saved_pos[k] for k in pos if k in saved_pos})

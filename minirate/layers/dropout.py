@@ -54,12 +54,16 @@ def dropout_backward(dy, cache):
     return dy * cache.mask * dy.dtype.type(cache.scale)
 
 
+def _probability(p):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+    return float(p)
+
+
 class Dropout(Module):
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _probability(p)
         self.seed(rng)
 
     def seed(self, rng):
@@ -118,9 +122,7 @@ def _steps(x, B):
 class NeuronDropout(Module):
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = _probability(p)
         self.batch_size, self.mask = None, None
         self.seed(rng)
 

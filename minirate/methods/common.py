@@ -64,10 +64,14 @@ def predict(model, x, T):
     Used for evaluation by every method (eval mode: batchnorm uses running statistics, so
     stepping all samples at once or one step at a time gives the same result).
     """
+    return mean_over_time(model.forward(input_over_time(x, T), run_forward_only(T)), T)
+
+
+def run_forward_only(T):
+    """Forward callback of all T steps at once (multi-step) that keeps no cache."""
     def run(layer, h):
         return layer.forward(h, T)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
-
-    return mean_over_time(model.forward(input_over_time(x, T), run), T)
+    return run
 
 
 def per_step_loss(out, y, loss_fn, T):

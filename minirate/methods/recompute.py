@@ -42,7 +42,8 @@ from ..layers.lif import LIF
 from ..losses import cross_entropy
 from .bptt import BPTT
 from .common import (back_through_step, check_frames, input_at, input_over_time, leaf_backward,
-                     run_keeping_step)
+                     run_forward_only, run_keeping_step)
+from .local import units
 from .packing import unpacked
 
 
@@ -63,16 +64,6 @@ class Segment(Container):
         return backward_chain(self.units, dy, back, need_dx)
 
 
-def _units(module):
-    """The network's pieces in forward order: Sequentials (and a Net's parts) opened up,
-    residual blocks and leaf layers whole."""
-    parts = getattr(module, "parts", None)
-    if parts is None and type(module).__name__ != "Sequential":
-        return [module]
-    children = parts if parts is not None else module.children.values()
-    return [unit for child in children for unit in _units(child)]
-
-
 def _starts_segment(unit):
     """A residual block (any container left whole) or a layer with a matrix or filter weight
     (conv, linear) starts a segment; batchnorm, LIF, pooling, flatten join the one before."""
@@ -83,7 +74,7 @@ def _starts_segment(unit):
 def segments(model):
     """`model` cut into Segments where recomputation in depth restarts (module docstring)."""
     out = []
-    for unit in _units(model):
+    for _, unit in units(model):
         if not out or _starts_segment(unit):
             out.append([])
         out[-1].append(unit)
@@ -136,9 +127,9 @@ class RecomputedBPTT(BPTT):
         self.window, self.blocks = window, blocks
         self.segments = segments(model) if blocks else None
         # multi-step: segments from keep_from on keep their caches in the first forward, and are
-        # not run again (`trailing_segments`, from the segments' caches in the first step)
-        self.keep_from = len(self.segments) if blocks else None
-        self.learnt = False
+        # not run again (`trailing_segments`, from the segments' caches in the first step; None
+        # until then, when every segment is run again)
+        self.keep_from = None
 
     def step(self, x, y, loss_fn=cross_entropy):
         self.saved = None                       # buffers as the first forward leaves them
@@ -155,9 +146,8 @@ class RecomputedBPTT(BPTT):
     def _step_multi(self, x, y, loss_fn):
         T, keep, segs = self.T, self.packer, self.segments
         caches = [dict() for _ in segs]          # caches[i]: segment i's, while it has them
-
-        def run(layer, h):                       # forward keeping nothing
-            return layer.forward(h, T)[0] if isinstance(layer, LIF) else layer.forward(h)[0]
+        keep_from = len(segs) if self.keep_from is None else self.keep_from
+        run = run_forward_only(T)
 
         def run_keeping(i, pack=True):           # pack: caches held past segment i's backward
             def run(layer, h):
@@ -173,8 +163,8 @@ class RecomputedBPTT(BPTT):
 
         h, inputs = input_over_time(x, T), []    # inputs[i]: segment i's input, (T*B, ...)
         for i, seg in enumerate(segs):           # the last ones keep their caches at once
-            inputs.append(keep.array(h) if i < self.keep_from else None)
-            h = seg.forward(h, run if i < self.keep_from else run_keeping(i))
+            inputs.append(keep.array(h) if i < keep_from else None)
+            h = seg.forward(h, run if i < keep_from else run_keeping(i))
         self.saved = running_buffers(self.model)
         self.kept_bytes = 0
         self._note_kept(inputs, caches)
@@ -185,10 +175,11 @@ class RecomputedBPTT(BPTT):
                 segs[i].forward(unpacked(inputs[i]), run_keeping(i, pack=False))
                 inputs[i] = None
                 self._note_kept(inputs, caches)
-            sizes.append(cache_nbytes(caches[i], exclude=self.model.params_list()))
+            if self.keep_from is None:           # every segment is run again, caches unpacked
+                sizes.append(cache_nbytes(caches[i], exclude=self.model.params_list()))
             dh = segs[i].backward(dh, back(i), need_dx=i > 0)
-        if not self.learnt:                      # every segment was run again, caches unpacked
-            self.keep_from, self.learnt = trailing_segments(sizes[::-1]), True
+        if self.keep_from is None:
+            self.keep_from = trailing_segments(sizes[::-1])
         return loss, logits
 
     # -- single-step: steps, windows of steps, segments of a step --------------------------------

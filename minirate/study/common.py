@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import devices, synchronize
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, section
 from ..cli import positive_float, positive_int, unit_interval
 from ..costs import method_costs
 from ..data.augment import normalize
@@ -152,8 +152,7 @@ def model_from_checkpoint(path, conv_algo="im2col"):
             # trained block by block: the saved aux heads, attached as the local method does
             make_method("bptt", model, 1, local_blocks=cfg.get("local_blocks", 1),
                         split_at=cfg.get("split_at"))
-        model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items()
-                               if k.startswith("model/")})
+        model.load_state_dict(section(arrays, "model"))
     except (StateDictError, ValueError, TypeError) as e:
         raise CheckpointError(f"{path} does not fit a {cfg['arch']} model: {e}") from None
     return set_conv_algo(model, conv_algo), cfg
@@ -198,8 +197,8 @@ class MethodSpec(NamedTuple):
     def costs(self, model, x_shape, T, split_at=None):
         """`costs.method_costs` of this method for one step on a batch of shape x_shape."""
         return method_costs(model, x_shape, T, self.name, self.step_mode, self.window,
-                            self.local_blocks, split_at, pack_spikes=self.pack,
-                            recompute_window=self.recompute, recompute_blocks=self.blocks)
+                            self.local_blocks, split_at, recompute_window=self.recompute,
+                            recompute_blocks=self.blocks)
 
 
 def parse_method_spec(text):
