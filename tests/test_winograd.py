@@ -111,11 +111,13 @@ def test_wrong_padding_of_dy_fails():
 
 def test_auto_choice_is_measured_once_per_shape(monkeypatch):
     calls, lines = [], []
-    fake = {"im2col": 2.0, "winograd": 1.0}
+    fake = {"im2col": (2.0, 1.0), "winograd": (1.0, 2.0)}     # (forward, backward) seconds
 
     def measure(algo, x, W, b, padding, stride=1):
         calls.append((algo, x.shape))
-        return fake[algo] if x.shape[2] == 8 else 3.0 - fake[algo]   # 8x8: winograd faster
+        if x.shape[2] == 8:                                    # 8x8: winograd forward faster
+            return fake[algo]
+        return (1.5, 1.5) if algo == "im2col" else (3.0, 3.0)  # 4x4: im2col both ways
 
     monkeypatch.setattr(winograd, "choices", {})
     monkeypatch.setattr(winograd, "measure", measure)
@@ -123,27 +125,30 @@ def test_auto_choice_is_measured_once_per_shape(monkeypatch):
     W = np.zeros((4, 3, 3, 3), np.float32)
     x8, x4 = np.zeros((2, 3, 8, 8), np.float32), np.zeros((2, 3, 4, 4), np.float32)
     for _ in range(3):
-        assert winograd.choose("auto", x8, W, None, 1, 1) == "winograd"
-        assert winograd.choose("auto", x4, W, None, 1, 1) == "im2col"
+        assert winograd.choose("auto", x8, W, None, 1, 1) == ("winograd", "im2col")
+        assert winograd.choose("auto", x4, W, None, 1, 1) == ("im2col", "im2col")
     runs = 2 * 2 * (1 + winograd.AUTO_ROUNDS)     # two shapes, two algorithms, warm-up + rounds
     assert len(calls) == runs and len(lines) == 2              # each shape measured, logged once
-    assert [line.split(": ")[2].split()[0] for line in lines] == ["winograd", "im2col"]
+    assert "forward winograd, backward im2col" in lines[0]
+    assert "forward im2col, backward im2col" in lines[1]
     assert not any("\n" in line for line in lines)
     # 1x1 kernels and stride 2 stay im2col without any measurement; winograd is forced elsewhere
-    assert winograd.choose("auto", x8, np.zeros((4, 3, 1, 1)), None, 1, 0) == "im2col"
-    assert winograd.choose("winograd", x8, W, None, 2, 1) == "im2col"
-    assert winograd.choose("winograd", x4, W, None, 1, 1) == "winograd"
+    assert winograd.choose("auto", x8, np.zeros((4, 3, 1, 1)), None, 1, 0) == ("im2col",) * 2
+    assert winograd.choose("winograd", x8, W, None, 2, 1) == ("im2col",) * 2
+    assert winograd.choose("winograd", x4, W, None, 1, 1) == ("winograd",) * 2
+    assert winograd.choose("im2col", x4, W, None, 1, 1) == ("im2col",) * 2
     assert len(calls) == runs
     with pytest.raises(ValueError):
         winograd.choose("fft", x8, W, None, 1, 1)
 
 
-def test_auto_choice_keeps_the_best_run_of_each(monkeypatch):
-    """A noisy series: im2col has one fast run among slow ones, winograd is steady in between.
-    The minima decide (im2col), not the mean, the last run or the untimed warm-up (winograd's
-    is the fastest run of all); the log line gives both minima."""
+def test_auto_choice_keeps_the_best_run_of_each_pass(monkeypatch):
+    """A noisy series: im2col has one fast forward among slow ones, winograd is steady in
+    between. The minima decide, per pass, not the mean, the last run or the untimed warm-up
+    (winograd's is the fastest run of all); the log line gives every minimum."""
     monkeypatch.setattr(winograd, "AUTO_ROUNDS", 3)
-    series = {"im2col": [9.0, 5.0, 1.0, 5.0], "winograd": [0.1, 2.0, 2.0, 2.0]}   # warm-up first
+    series = {"im2col": [(9.0, 1.0), (5.0, 3.0), (1.0, 4.0), (5.0, 3.0)],   # warm-up first
+              "winograd": [(0.1, 0.1), (2.0, 2.5), (2.0, 2.0), (2.0, 2.5)]}
     order, lines = [], []
 
     def measure(algo, x, W, b, padding, stride=1):
@@ -154,22 +159,51 @@ def test_auto_choice_keeps_the_best_run_of_each(monkeypatch):
     monkeypatch.setattr(winograd, "measure", measure)
     monkeypatch.setattr(winograd, "log", lines.append)
     W, x = np.zeros((4, 3, 3, 3), np.float32), np.zeros((2, 3, 8, 8), np.float32)
-    assert winograd.choose("auto", x, W, None, 1, 1) == "im2col"
+    # forward: im2col's best 1.0 beats 2.0; backward: winograd's best 2.0 beats 3.0 (the
+    # warm-up's 1.0 does not count)
+    assert winograd.choose("auto", x, W, None, 1, 1) == ("im2col", "winograd")
     assert series == {"im2col": [], "winograd": []}               # 1 + AUTO_ROUNDS runs each
     # warm-ups, then rounds in alternating order: a burst of load reaches both algorithms
     assert order == ["im2col", "winograd", "im2col", "winograd", "winograd", "im2col",
                      "im2col", "winograd"]
     assert len(lines) == 1
-    assert "im2col 1000.00 ms, winograd 2000.00 ms" in lines[0] and "best of 3" in lines[0]
-    assert winograd.choose("auto", x, W, None, 1, 1) == "im2col" and len(order) == 8
+    assert ("forward: im2col 1000.00 ms, winograd 2000.00 ms; backward: im2col 3000.00 ms, "
+            "winograd 2000.00 ms; best of 3") in lines[0]
+    assert winograd.choose("auto", x, W, None, 1, 1) == ("im2col", "winograd")
+    assert len(order) == 8
 
 
-def test_measure_times_one_forward_and_backward():
+def test_measure_times_forward_and_backward_apart():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     W = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     for algo in ("im2col", "winograd"):
-        assert 0 < winograd.measure(algo, x, W, None, 1) < 10
+        times = winograd.measure(algo, x, W, None, 1)
+        assert len(times) == 2 and all(0 < t < 10 for t in times)
+
+
+@pytest.mark.parametrize("fwd, bwd", [("winograd", "im2col"), ("im2col", "winograd")])
+def test_one_algorithm_forward_the_other_backward(monkeypatch, fwd, bwd):
+    """A layer may run its forward by one algorithm and its backward by the other: the output is
+    the forward algorithm's to the bit, every gradient the backward algorithm's to the bit."""
+    rng = np.random.default_rng(8)
+    conv = Conv2d(3, 4, 3, 1, 1, rng=rng)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    W, b = conv.params["weight"], conv.params["bias"]
+    monkeypatch.setattr(winograd, "choose", lambda *args: (fwd, bwd))
+    conv.algo = "auto"
+    y, cache = conv.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv.backward(dy, cache)
+    runs = {"im2col": (lambda: conv2d_forward(x, W, b, 1, 1), conv2d_backward),
+            "winograd": (lambda: winograd_forward(x, W, b, 1), winograd_backward)}
+    y_ref = runs[fwd][0]()[0]
+    dx_ref, dW_ref, db_ref = runs[bwd][1](dy, runs[bwd][0]()[1])
+    assert np.array_equal(y, y_ref)
+    assert isinstance(cache, WinogradCache if bwd == "winograd" else Conv2dCache)
+    assert np.array_equal(dx, dx_ref)
+    assert np.array_equal(conv.grads["weight"], dW_ref)
+    assert np.array_equal(conv.grads["bias"], db_ref)
 
 
 def test_conv2d_module_runs_the_chosen_algorithm():

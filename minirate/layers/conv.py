@@ -309,6 +309,19 @@ def _backward_strided(dy, x, W, stride, padding, need_dx=True):
     return dx, dW2.reshape(W.shape)                           # (O, C*k*k) -> (O, C, k, k)
 
 
+def _cache_for(algo, cache):
+    """The cache whose type makes Conv2d.backward run `algo` ("im2col" or "winograd"). Both kinds
+    keep the same x, W, padding and bias flag (stride 1 wherever Winograd applies), so a forward
+    by one algorithm can hand its backward to the other: only the type changes, not the bytes."""
+    if algo == "winograd" and isinstance(cache, Conv2dCache):
+        return winograd.WinogradCache(x=cache.x, W=cache.W, padding=cache.padding,
+                                      has_bias=cache.has_bias, m=winograd.TILE)
+    if algo == "im2col" and isinstance(cache, winograd.WinogradCache):
+        return Conv2dCache(x=cache.x, W=cache.W, stride=1, padding=cache.padding,
+                           has_bias=cache.has_bias)
+    return cache
+
+
 class Conv2d(Module):
     """Square-kernel 2-D convolution with PyTorch's default initialisation.
 
@@ -333,12 +346,15 @@ class Conv2d(Module):
 
     def forward(self, x):
         W, b = self.params["weight"], self.params.get("bias")
-        if winograd.choose(self.algo, x, W, b, self.stride, self.padding) == "winograd":
-            return winograd.winograd_forward(x, W, b, self.padding)
-        return conv2d_forward(x, W, b, self.stride, self.padding)
+        fwd, bwd = winograd.choose(self.algo, x, W, b, self.stride, self.padding)
+        if fwd == "winograd":
+            y, cache = winograd.winograd_forward(x, W, b, self.padding)
+        else:
+            y, cache = conv2d_forward(x, W, b, self.stride, self.padding)
+        return y, _cache_for(bwd, cache)
 
     def backward(self, dy, cache, need_dx=True):
-        if isinstance(cache, winograd.WinogradCache):         # the forward ran Winograd
+        if isinstance(cache, winograd.WinogradCache):         # backward by Winograd
             dx, dW, db = winograd.winograd_backward(dy, cache, need_dx)
         else:
             dx, dW, db = conv2d_backward(dy, cache, need_dx)

@@ -186,9 +186,11 @@ def _correlate(x, U, pad, Ho, Wo, m, AT, BT, b, y):
             V = _input_tiles(x[n0:n1], pad, th, tw, m, BT)          # (α², C, P)
             M = xp.matmul(U, V)                                     # (α², O, P)
             Y = _sandwich(AT, AT, M.reshape(a, a, -1))             # (m, m, O*P)
-            Y = Y.reshape(m, m, O, n, th, tw).transpose(3, 2, 4, 0, 5, 1)
-            Y = Y.reshape(n, O, th * m, tw * m)                    # (n, O, th, m, tw, m) merged
-            y[n0:n1] = Y[:, :, :Ho, :Wo]
+            Y = Y.reshape(m, m, O, n, th, tw).transpose(3, 2, 4, 0, 5, 1)   # (n, O, th, m, tw, m)
+            if (th * m, tw * m) == (Ho, Wo):                       # whole tiles: one copy into y
+                y[n0:n1].reshape(n, O, th, m, tw, m)[...] = Y
+            else:                                                  # merge, then crop the last
+                y[n0:n1] = Y.reshape(n, O, th * m, tw * m)[:, :, :Ho, :Wo]
             if b is not None:
                 y[n0:n1] += b.reshape(1, O, 1, 1)
 
@@ -256,7 +258,7 @@ def winograd_backward(dy, cache, need_dx=True):
 
 # -- which algorithm a Conv2d layer runs ------------------------------------------------------
 ALGOS = ("im2col", "winograd", "auto")
-choices = {}          # (N, C, O, H, W, padding, dtype, array module) -> "im2col" or "winograd"
+choices = {}          # (N, C, O, H, W, padding, dtype, array module) -> (forward, backward) algos
 
 
 def log(line):
@@ -270,64 +272,73 @@ def applies(W, stride):
 
 
 AUTO_ROUNDS = 3       # timed runs of each algorithm when `auto` first sees a layer shape
+PASSES = ("forward", "backward")
 
 
 def measure(algo, x, W, b, padding, stride=1):
-    """Seconds of one forward and backward of this layer by `algo`, on the layer's own input and
-    with its output as upstream gradient (the device synchronized before and after)."""
+    """(forward seconds, backward seconds) of this layer by `algo`, on the layer's own input and
+    with its output as upstream gradient (the device synchronized around each pass)."""
     from .conv import conv2d_backward, conv2d_forward     # conv.py imports this module
     xp = get_array_module(x)
     synchronize(xp)
     t0 = time.perf_counter()
     if algo == "winograd":
         y, cache = winograd_forward(x, W, b, padding)
-        winograd_backward(y, cache)
     else:
         y, cache = conv2d_forward(x, W, b, stride, padding)
+    synchronize(xp)
+    t1 = time.perf_counter()
+    if algo == "winograd":
+        winograd_backward(y, cache)
+    else:
         conv2d_backward(y, cache)
     synchronize(xp)
-    return time.perf_counter() - t0
+    return t1 - t0, time.perf_counter() - t1
 
 
 def compare(x, W, b, padding):
-    """{algo: best seconds} of im2col and winograd on this layer: one untimed run of each (first
-    calls pay for allocation and caches), then AUTO_ROUNDS rounds of one run of each, in
-    alternating order, keeping each algorithm's minimum. On a shared machine other work only
-    ever adds time, and a burst of it lands on both algorithms' runs, not on one's whole series,
-    so the minima are what the two cost undisturbed."""
+    """{algo: (best forward seconds, best backward seconds)} of im2col and winograd on this layer:
+    one untimed run of each (first calls pay for allocation and caches), then AUTO_ROUNDS rounds
+    of one run of each, in alternating order, keeping each algorithm's minimum per pass. On a
+    shared machine other work only ever adds time, and a burst of it lands on both algorithms'
+    runs, not on one's whole series, so the minima are what the two cost undisturbed."""
     pair = ("im2col", "winograd")
     for algo in pair:
         measure(algo, x, W, b, padding)
-    best = dict.fromkeys(pair, float("inf"))
+    best = {algo: (float("inf"), float("inf")) for algo in pair}
     for r in range(AUTO_ROUNDS):
         for algo in (pair if r % 2 == 0 else pair[::-1]):
-            best[algo] = min(best[algo], measure(algo, x, W, b, padding))
+            best[algo] = tuple(map(min, best[algo], measure(algo, x, W, b, padding)))
     return best
 
 
 def choose(algo, x, W, b, stride, padding):
-    """The algorithm a layer runs: "im2col" or "winograd".
+    """The algorithms a layer runs, (forward, backward): each "im2col" or "winograd".
 
-    algo "im2col" / "winograd": that one (winograd only where it `applies`). "auto": the faster
-    of the two by `compare` (best of AUTO_ROUNDS forward + backward runs each) the first time a
-    layer shape (batch, channels, size, padding, dtype, device) is seen; the decision is kept in
-    `choices` and logged once, with both times.
+    Both caches hold the same things (x, W, padding), so either backward can follow either
+    forward. algo "im2col" / "winograd": that one for both passes (winograd only where it
+    `applies`). "auto": per pass, the faster of the two by `compare` (best of AUTO_ROUNDS runs
+    each) the first time a layer shape (batch, channels, size, padding, dtype, device) is seen;
+    the decision is kept in `choices` and logged once, with every time.
     """
     if algo not in ALGOS:
         raise ValueError(f"unknown convolution algorithm {algo!r}; choose one of {ALGOS}")
     if algo == "im2col" or not applies(W, stride):
-        return "im2col"
+        return ("im2col", "im2col")
     if algo == "winograd":
-        return "winograd"
+        return ("winograd", "winograd")
     xp = get_array_module(x)
     key = tuple(x.shape) + (W.shape[0], padding, str(xp.result_type(x, W)), xp.__name__)
     if key not in choices:
         t = compare(x, W, b, padding)
-        choices[key] = min(("im2col", "winograd"), key=t.get)    # a tie keeps im2col
+        pair = ("im2col", "winograd")                             # a tie keeps im2col
+        choices[key] = tuple(min(pair, key=lambda a: t[a][i]) for i in range(len(PASSES)))
         N, C, H, Wd = x.shape
+        times = "; ".join(f"{p}: im2col {t['im2col'][i] * 1e3:.2f} ms, winograd "
+                          f"{t['winograd'][i] * 1e3:.2f} ms" for i, p in enumerate(PASSES))
         log(f"conv algo: N={N} C={C} O={W.shape[0]} {H}x{Wd} pad={padding} {key[-2]} "
-            f"{key[-1]}: {choices[key]} (im2col {t['im2col'] * 1e3:.2f} ms, winograd "
-            f"{t['winograd'] * 1e3:.2f} ms, forward + backward, best of {AUTO_ROUNDS})")
+            f"{key[-1]}: forward {choices[key][0]}, backward {choices[key][1]} ({times}; "
+            f"best of {AUTO_ROUNDS})")
     return choices[key]
 
 
