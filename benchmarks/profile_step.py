@@ -33,6 +33,7 @@ from minirate.backend import DeviceError, get_xp, synchronize  # noqa: E402
 from minirate.cli import ArgumentParser, positive_int  # noqa: E402
 from minirate.layers import batchnorm, conv, lif, linear, pool, scaled_ws  # noqa: E402
 from minirate.methods import METHODS, make_method, rate  # noqa: E402
+from minirate.layers.winograd import ALGOS, set_conv_algo  # noqa: E402
 from minirate.models import ARCHS, build_model  # noqa: E402
 
 # category -> [(owner, attribute names)]: the calls bracketed
@@ -134,7 +135,7 @@ def step_times(xp, fn, repeats):
 
 
 def profile(a, xp, name, T):
-    model = build_model(a.arch, 10, a.width).to(xp)
+    model = set_conv_algo(build_model(a.arch, 10, a.width).to(xp), a.conv_algo)
     method = make_method(name, model, T)
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.normal(size=(a.batch_size, 3, 32, 32)).astype(np.float32))
@@ -192,6 +193,8 @@ def parse_args(argv=None):
     p.add_argument("--T", type=positive_int, nargs="+", default=[4])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=["bptt", "rate_m"])
     p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--conv-algo", choices=ALGOS, default="im2col",
+                   help="3x3 stride-1 convolutions (auto: chosen in the warm-up step)")
     p.add_argument("--json", default=None, help="also write every number to this file")
     return p.parse_args(argv)
 

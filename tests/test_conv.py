@@ -62,11 +62,12 @@ def column_order(request, monkeypatch):
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("padding", [0, 1, 2])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_forward_and_gradients(stride, padding, k, bias, column_order, xp):
+@pytest.mark.parametrize("C,O", [(2, 3), (3, 2)])   # backward from the windows of x, or of dy
+def test_forward_and_gradients(stride, padding, k, bias, C, O, column_order, xp):
     rng = np.random.default_rng(100 * stride + 10 * padding + k)
-    x = rng.standard_normal((2, 2, 7, 9))  # non-square, odd sizes: ragged strides
-    W = rng.standard_normal((3, 2, k, k))
-    b = rng.standard_normal(3) if bias else None
+    x = rng.standard_normal((2, C, 7, 9))  # non-square, odd sizes: ragged strides
+    W = rng.standard_normal((O, C, k, k))
+    b = rng.standard_normal(O) if bias else None
     ref = naive_conv(x, W, b, stride, padding)
     x, W, b = xp.asarray(x), xp.asarray(W), None if b is None else xp.asarray(b)
     y, _ = conv2d_forward(x, W, b, stride, padding)
@@ -213,3 +214,22 @@ def test_init_matches_pytorch_default():
     assert list(nobias.params) == ["weight"]
     y, _ = nobias.forward(np.zeros((1, 16, 8, 8), np.float32))
     assert y.shape == (1, 32, 4, 4)
+
+
+@pytest.mark.parametrize("C,O,stride,path", [(3, 2, 1, "_backward_stride1"),
+                                             (2, 2, 1, "_backward_stride1"),
+                                             (2, 3, 1, "_backward_strided"),
+                                             (3, 2, 2, "_backward_strided")])
+def test_backward_builds_the_smaller_windows(C, O, stride, path, monkeypatch):
+    """Stride-1 backward builds the windows of dy (O·k·k rows) only when O <= C; with more
+    outputs than inputs (a network's stem) those of x (C·k·k rows) are the smaller."""
+    rng = np.random.default_rng(9)
+    x, W = rng.standard_normal((2, C, 6, 6)), rng.standard_normal((O, C, 3, 3))
+    y, cache = conv2d_forward(x, W, None, stride, 1)
+    ran = []
+    for name in ("_backward_stride1", "_backward_strided"):
+        original = getattr(conv_module, name)
+        monkeypatch.setattr(conv_module, name,
+                            lambda *a, _f=original, _n=name, **kw: ran.append(_n) or _f(*a, **kw))
+    conv2d_backward(rng.standard_normal(y.shape), cache)
+    assert ran == [path]

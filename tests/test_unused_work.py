@@ -22,11 +22,14 @@ T, B = 3, 4
 
 @pytest.mark.parametrize("stride,padding,bias", [(1, 1, False), (1, 0, True), (2, 1, True),
                                                  (2, 0, False)])
-def test_conv_backward_without_dx_skips_it_and_keeps_dW(stride, padding, bias, monkeypatch):
+@pytest.mark.parametrize("out_channels", [4, 3, 2])   # more, as many, fewer than the input's 3
+def test_conv_backward_without_dx_skips_it_and_keeps_dW(stride, padding, bias, out_channels,
+                                                         monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 3, 9, 9)).astype(np.float32)
-    W = rng.normal(size=(4, 3, 3 if padding else 1, 3 if padding else 1)).astype(np.float32)
-    b = rng.normal(size=4).astype(np.float32) if bias else None
+    k = 3 if padding else 1
+    W = rng.normal(size=(out_channels, 3, k, k)).astype(np.float32)
+    b = rng.normal(size=out_channels).astype(np.float32) if bias else None
     y, cache = conv2d_forward(x, W, b, stride, padding)
     dy = rng.normal(size=y.shape).astype(np.float32)
     dx, dW, db = conv2d_backward(dy, cache)
