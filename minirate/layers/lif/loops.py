@@ -35,9 +35,9 @@ def lif_forward(I, T, p, u0=None):
 
     def run(a, b):                                   # neurons a..b, all steps
         u_post = None if u0 is None else u0[a:b]
+        post = xp.empty(b - a, dtype=I.dtype)        # u⁺, carried from step to step
         for t in range(T):
-            s[t, a:b], u_post, step_cache = lif_step(I[t, a:b], u_post, p)
-            u_all[t, a:b] = step_cache.u
+            _, u_post, _ = lif_step(I[t, a:b], u_post, p, out=(s[t, a:b], post, u_all[t, a:b]))
 
     cpu_map(run, cpu_ranges(xp, I.shape[1], T * I.itemsize))
     return s.reshape(shape), LIFCache(u=u_all.reshape(T, -1, *shape[1:]))
@@ -99,9 +99,10 @@ def lif_backward(ds, cache, p):
 
     def run(a, b):                                   # neurons a..b, all steps backwards
         du_post = None
+        carry = xp.empty(b - a, dtype=dI.dtype)      # dL/du⁺, carried from step to step
         for t in reversed(range(T)):
-            dI[t, a:b], du_post = lif_step_backward(ds[t, a:b], du_post,
-                                                    LIFStepCache(u=u[t, a:b]), p)
+            _, du_post = lif_step_backward(ds[t, a:b], du_post, LIFStepCache(u=u[t, a:b]), p,
+                                           out=(dI[t, a:b], carry))
 
     cpu_map(run, cpu_ranges(xp, u.shape[1], T * u.itemsize))
     return dI.reshape(-1, *cache.u.shape[2:])        # (T, neurons) -> (T*B, ...)

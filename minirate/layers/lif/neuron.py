@@ -148,18 +148,47 @@ def kernel_params(p):
             np.int32(SURROGATE_CODE[p.surrogate]), np.float64(p.alpha), np.int32(bool(p.smooth)))
 
 
-def lif_step(I, u_prev, p):
+def lif_step(I, u_prev, p, out=None):
     """One step. I: (B, ...) input current; u_prev: post-reset potential of the last step or None.
 
     Returns s (B, ...), u⁺ (B, ...), LIFStepCache(u).
+    out: (s, u⁺, u) arrays like I to write the step into, the same numbers (`_step_into`); the
+    loops over time pass views of their (T, neurons) outputs and one u⁺ buffer for every step.
     """
     xp = get_array_module(I)
     if fused.fusable(xp, I, u_prev):
         s, u_post, u, _ = _step_fused(xp, I, u_prev, None, p)
         return s, u_post, LIFStepCache(u=u)
+    if out is not None:
+        return _step_into(I, u_prev, p, *out)
     u = I if u_prev is None else p.decay * u_prev + I
     s = _spike(u - p.threshold, p)
     return s, _reset(u, s, p), LIFStepCache(u=u)
+
+
+def _step_into(I, u_prev, p, s, u_post, u):
+    """lif_step's arithmetic, operation for operation, written into s, u⁺ and u (NumPy-style
+    ufuncs with out=): no temporaries, no copies afterwards. u⁺ may be u_prev itself (read
+    before it is overwritten); it holds u − θ on the way, the spike test's argument."""
+    xp = get_array_module(I)
+    if u_prev is None:
+        u[...] = I
+    else:
+        xp.multiply(u_prev, p.decay, out=u)
+        u += I
+    xp.subtract(u, p.threshold, out=u_post)                  # x = u − θ
+    if p.smooth:
+        s[...] = _spike(u_post, p)
+    else:
+        xp.greater_equal(u_post, 0, out=s)                    # s = H(x) as 1.0 / 0.0
+    if p.reset == "soft":
+        xp.multiply(s, p.threshold, out=u_post)
+        xp.subtract(u, u_post, out=u_post)                    # u⁺ = u − θ s
+    else:
+        xp.subtract(1, s, out=u_post)
+        u_post *= u                                           # u (1 − s), then + v_reset s
+        u_post += p.v_reset * s
+    return s, u_post, LIFStepCache(u=u)
 
 
 def lif_step_traced(I, u_prev, a_prev, p):
@@ -212,23 +241,27 @@ def _step_fused(xp, I, u_prev, a_prev, p):
     return s, u_post, u, a
 
 
-def lif_step_backward(ds, du_post, cache, p):
+def lif_step_backward(ds, du_post, cache, p, out=None):
     """Backward of one step. ds: dL/ds_t; du_post: dL/du⁺_t from the next step (None at t = T).
 
     Returns dI_t and dL/du⁺_{t−1} = λ · du_t.
+    out: (dI_t, dL/du⁺_{t−1}) arrays like ds to write them into, the same numbers; the second may
+    be du_post itself (read before it is overwritten), as in the reversed loop over time.
     """
     xp = get_array_module(ds)
     if fused.fusable(xp, ds, du_post, cache.u):
         return _step_backward_fused(xp, ds, du_post, cache.u, p)
     x = cache.u - p.threshold
     sg = surrogate_grad(x, p.surrogate, p.alpha)
-    du = ds * sg
+    du = ds * sg if out is None else xp.multiply(ds, sg, out=out[0])
     if du_post is not None:
         if p.reset == "soft" and p.detach_reset:     # κ = 1: skip the product
             du += du_post
         else:
             du += du_post * _kappa(cache.u, _spike(x, p), sg, p)
-    return du, p.decay * du
+    if out is None:
+        return du, p.decay * du
+    return du, xp.multiply(du, p.decay, out=out[1])
 
 
 DU_CUDA = NEURON_CUDA + r"""
