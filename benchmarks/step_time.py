@@ -6,11 +6,14 @@ alternating comparison means anything:
     for r in 1 2 3; do python benchmarks/step_time.py --repo OLD; python benchmarks/step_time.py; done
 
 A method written NAME+localN trains in N local blocks (`--local-blocks N`), e.g. bptt+local2.
+--peak adds each method's peak bytes of one more step, above the level before it (tracemalloc,
+to which NumPy reports its buffers; untimed, since tracing slows the step).
 """
 import argparse
 import os
 import sys
 import time
+import tracemalloc
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,6 +25,7 @@ p.add_argument("--methods", default="bptt,rate_m",
 p.add_argument("--repeats", type=int, default=3)
 p.add_argument("--conv-algo", default="im2col", choices=("im2col", "winograd", "auto"),
                help="3x3 stride-1 convolutions (a --repo without Winograd: im2col only)")
+p.add_argument("--peak", action="store_true", help="also the peak bytes of one step")
 a = p.parse_args()
 sys.path.insert(0, os.path.abspath(a.repo))
 
@@ -51,6 +55,14 @@ for name in a.methods.split(","):
         t0 = time.perf_counter()
         method.step(x, y)
         times.append(time.perf_counter() - t0)
-    cells.append(f"{name} {min(times):.3f} s")
+    cell = f"{name} {min(times):.3f} s"
+    if a.peak:
+        model.zero_grad()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        method.step(x, y)
+        cell += f" (peak {(tracemalloc.get_traced_memory()[1] - before) / 2**20:.1f} MiB)"
+        tracemalloc.stop()
+    cells.append(cell)
 print(f"{a.repo}: {a.arch}, batch {a.batch_size}, T={a.T}, {a.conv_algo}: " + ", ".join(cells),
       flush=True)
