@@ -202,8 +202,8 @@ def parse_args(argv=None):
                    help="seed of the weights, the data order and the augmentation")
     g.add_argument("--device", choices=devices(), default=d["device"], help="cpu or cuda")
     g.add_argument("--conv-algo", choices=ALGOS, default=d["conv_algo"],
-                   help="3x3 stride-1 convolutions: im2col, winograd, or auto (the faster, "
-                        "measured per layer shape on first use)")
+                   help="3x3 stride-1 convolutions: im2col, winograd, or auto (the faster for "
+                        "forward and for backward, measured per layer shape on first use)")
     g.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],
                    help="floating-point type of weights and activations")
     g.add_argument("--progress", action=on_off, default=d["progress"], help="progress bar")

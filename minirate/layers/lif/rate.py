@@ -23,22 +23,31 @@ class LIFRateState(NamedTuple):
     steps: int
 
 
-def lif_rate_step(I, state, p):
+def lif_rate_step(I, state, p, out=None):
     """One spike-pass step that keeps only the running rate and eligibility sums.
 
     state: LIFRateState or None at t = 1. Returns s_t and the new state.
     With a soft detached reset (κ = 1) ε_t is the same for every neuron, a Python float.
+    out: (s, u⁺, u) arrays to write the neuron's step into (lif_step's `out`), for the loop
+    over time, which owns its state: the running sums are then added to in place. The same
+    operations either way, so the same numbers.
     """
     xp = get_array_module(I)
     if fused.fusable(xp, I, *(() if state is None else (state.u, state.r_sum, state.e_sum))):
         return _rate_step_fused(xp, I, state, p)
-    s, u_post, cache = lif_step(I, None if state is None else state.u, p)
+    s, u_post, cache = lif_step(I, None if state is None else state.u, p, out=out)
     sg = surrogate_grad(cache.u - p.threshold, p.surrogate, p.alpha)
-    if state is None:                                # ε_1 = 1
-        e_sum, r_sum, eps = sg, s, 1.0
-    else:
-        e_sum, r_sum, eps = state.e_sum + sg * state.eps, state.r_sum + s, state.eps
+    eps = 1.0 if state is None else state.eps        # ε_1 = 1
     eps_next = 1 + p.decay * _kappa(cache.u, s, sg, p) * eps     # ε_{t+1} = 1 + λ κ_t ε_t
+    if state is None:
+        e_sum, r_sum = sg, (s if out is None else s.copy())     # s: a view of the loop's output
+    elif out is None:
+        e_sum, r_sum = state.e_sum + sg * eps, state.r_sum + s
+    else:
+        sg *= eps
+        e_sum, r_sum = state.e_sum, state.r_sum
+        e_sum += sg
+        r_sum += s
     steps = 1 if state is None else state.steps + 1
     return s, LIFRateState(u=u_post, eps=eps_next, r_sum=r_sum, e_sum=e_sum, steps=steps)
 
@@ -114,8 +123,9 @@ def lif_forward_rate(I, T, p):
 
     def run(a, b):                                   # neurons a..b, all steps
         state = None
+        post, u = xp.empty(b - a, dtype=I.dtype), xp.empty(b - a, dtype=I.dtype)
         for t in range(T):
-            s[t, a:b], state = lif_rate_step(I[t, a:b], state, p)
+            _, state = lif_rate_step(I[t, a:b], state, p, out=(s[t, a:b], post, u))
         r[a:b], e[a:b] = rate_and_eligibility(state)
 
     cpu_map(run, cpu_ranges(xp, I.shape[1], T * I.itemsize))
