@@ -247,3 +247,23 @@ def test_backward_fixed_stats_needs_its_cache():
     _, cache = layer.forward(x)
     with pytest.raises(ValueError):
         layer.backward_fixed_stats(np.ones_like(x), cache)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4, 6), (7, 3)])
+def test_elementwise_passes_in_pieces_change_no_bit(shape, monkeypatch):
+    """The affine map and backward's dx run in pieces of samples: from one sample per piece
+    (a tiny PIECE_BYTES) to the whole range, the same bytes."""
+    from minirate.layers import batchnorm as bn
+    rng = np.random.default_rng(12)
+    x = rng.normal(0.3, 2.0, size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    gamma, beta = rng.normal(size=3).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    outs = []
+    for piece_bytes in (1, 10**9):
+        monkeypatch.setattr(bn, "PIECE_BYTES", piece_bytes)
+        mean, var = bn.batchnorm_stats(x)
+        y, cache = bn.batchnorm_forward(x, gamma, beta, mean, var, 1e-5, batch_stats=True)
+        dx, dgamma, dbeta = bn.batchnorm_backward(dy, cache)
+        y_fixed = bn.batchnorm_normalize(x, gamma, beta, mean, var, 1e-5)
+        outs.append([a.tobytes() for a in (y, dx, dgamma, dbeta, y_fixed)])
+    assert outs[0] == outs[1]

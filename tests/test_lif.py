@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from minirate.backend import to_numpy
-from minirate.layers.lif import LIF, lif_forward_rate, rate_and_eligibility
+from minirate.layers.lif import (LIF, LIFParams, lif_backward, lif_forward, lif_forward_rate,
+                                 rate_and_eligibility)
+from minirate.layers.lif.neuron import LIFStepCache, lif_step, lif_step_backward
+from minirate.layers.lif.rate import lif_rate_step
 from minirate.layers.surrogate import surrogate_grad, surrogate_smooth
 from tests.gradcheck import numerical_grad, rel_error
 
@@ -162,3 +165,45 @@ def test_forward_from_an_entering_state(reset):
     assert np.array_equal(s, np.concatenate(steps))
     assert np.allclose(layer.final_state(cache), u_post, rtol=0, atol=1e-15)
     assert not np.array_equal(s, layer.forward(I, T)[0])      # the entering state matters
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset,detach,v_reset", [("soft", True, 0.0), ("soft", False, 0.0),
+                                                  ("hard", True, 0.0), ("hard", False, -0.3)])
+@pytest.mark.parametrize("smooth", [False, True])
+def test_loops_over_time_equal_the_step_functions_to_the_bit(dtype, reset, detach, v_reset,
+                                                             smooth):
+    """The loops write each step into their outputs (`out=`, in place); the step functions
+    called without `out` return new arrays. Same operations, so the same bytes (signed zeros
+    included), forward from rest and from an entering state, backward, and the rate pass."""
+    rng = np.random.default_rng(11)
+    T, B = 4, 6
+    p = LIFParams(decay=0.3, threshold=0.7, reset=reset, v_reset=v_reset, detach_reset=detach,
+                  smooth=smooth)
+    I = rng.normal(0.5, 1.0, size=(T * B, 3, 5)).astype(dtype)
+    I[0, 0, :3] = [-0.0, 0.0, 0.7]                       # signed zeros and u = θ exactly
+    ds = rng.normal(size=I.shape).astype(dtype)
+    u0 = rng.normal(size=(B, 3, 5)).astype(dtype)
+    same = lambda a, b: a.dtype == b.dtype and a.tobytes() == b.tobytes()   # noqa: E731
+    for entering in (None, u0):
+        s, cache = lif_forward(I, T, p, entering)
+        u_post, steps, caches = entering, [], []
+        for t in range(T):
+            st, u_post, c = lif_step(I[t * B:(t + 1) * B], u_post, p)
+            steps.append(st)
+            caches.append(c)
+        assert same(s, np.concatenate(steps))
+        assert same(cache.u, np.stack([c.u for c in caches]))
+        dI = lif_backward(ds, cache, p)
+        du_post, dIs = None, [None] * T
+        for t in reversed(range(T)):
+            dIs[t], du_post = lif_step_backward(ds[t * B:(t + 1) * B], du_post,
+                                                LIFStepCache(u=caches[t].u), p)
+        assert same(dI, np.concatenate(dIs))
+    s, r, e = lif_forward_rate(I, T, p)
+    state, steps = None, []
+    for t in range(T):
+        st, state = lif_rate_step(I[t * B:(t + 1) * B], state, p)
+        steps.append(st)
+    r2, e2 = rate_and_eligibility(state)
+    assert same(s, np.concatenate(steps)) and same(r, r2) and same(e, e2)
