@@ -207,3 +207,37 @@ def test_loops_over_time_equal_the_step_functions_to_the_bit(dtype, reset, detac
         steps.append(st)
     r2, e2 = rate_and_eligibility(state)
     assert same(s, np.concatenate(steps)) and same(r, r2) and same(e, e2)
+
+
+def test_out_is_written_even_where_a_fused_kernel_would_run(monkeypatch):
+    """A step given `out` writes it with the array module's ufuncs whatever `fused.fusable`
+    says: a loop over a layer too large for a kernel may still hand fusable slices to the step
+    function, and a kernel's fresh arrays would leave the loop's outputs unwritten."""
+    from minirate import fused
+    from minirate.layers.lif import neuron, rate
+    rng = np.random.default_rng(13)
+    p = LIFParams(reset="hard", detach_reset=False)
+    I, u0, ds = (rng.normal(0.8, 1.0, size=(4, 5)).astype(np.float32) for _ in range(3))
+    ref_s, ref_post, ref_c = lif_step(I, u0, p)
+    ref_dI, ref_du = lif_step_backward(ds, u0, ref_c, p)
+    _, ref_state = lif_rate_step(I, rate.LIFRateState(u=u0, eps=u0 * 0 + 1.5, r_sum=u0 * 0,
+                                                      e_sum=u0 * 0, steps=1), p)
+
+    def kernel(*args, **kwargs):
+        raise AssertionError("a fused kernel ran although `out` was given")
+    monkeypatch.setattr(fused, "fusable", lambda *arrays: True)
+    for name in ("_step_fused", "_step_backward_fused"):
+        monkeypatch.setattr(neuron, name, kernel)
+    monkeypatch.setattr(rate, "_rate_step_fused", kernel)
+    s, post, u = (np.full_like(I, np.nan) for _ in range(3))
+    lif_step(I, u0, p, out=(s, post, u))
+    assert np.array_equal(s, ref_s) and np.array_equal(post, ref_post)
+    assert np.array_equal(u, ref_c.u)
+    dI, du = np.full_like(I, np.nan), np.full_like(I, np.nan)
+    lif_step_backward(ds, u0, ref_c, p, out=(dI, du))
+    assert np.array_equal(dI, ref_dI) and np.array_equal(du, ref_du)
+    state = rate.LIFRateState(u=u0.copy(), eps=u0 * 0 + 1.5, r_sum=u0 * 0, e_sum=u0 * 0, steps=1)
+    s2 = np.full_like(I, np.nan)
+    _, state = lif_rate_step(I, state, p, out=(s2, np.empty_like(I), np.empty_like(I)))
+    assert np.array_equal(s2, ref_s)
+    assert all(np.array_equal(a, b) for a, b in zip(state[1:4], ref_state[1:4]))

@@ -156,11 +156,11 @@ def lif_step(I, u_prev, p, out=None):
     loops over time pass views of their (T, neurons) outputs and one u⁺ buffer for every step.
     """
     xp = get_array_module(I)
+    if out is not None:                              # the array module's ufuncs, on any device
+        return _step_into(I, u_prev, p, *out)
     if fused.fusable(xp, I, u_prev):
         s, u_post, u, _ = _step_fused(xp, I, u_prev, None, p)
         return s, u_post, LIFStepCache(u=u)
-    if out is not None:
-        return _step_into(I, u_prev, p, *out)
     u = I if u_prev is None else p.decay * u_prev + I
     s = _spike(u - p.threshold, p)
     return s, _reset(u, s, p), LIFStepCache(u=u)
@@ -249,7 +249,7 @@ def lif_step_backward(ds, du_post, cache, p, out=None):
     be du_post itself (read before it is overwritten), as in the reversed loop over time.
     """
     xp = get_array_module(ds)
-    if fused.fusable(xp, ds, du_post, cache.u):
+    if out is None and fused.fusable(xp, ds, du_post, cache.u):
         return _step_backward_fused(xp, ds, du_post, cache.u, p)
     x = cache.u - p.threshold
     sg = surrogate_grad(x, p.surrogate, p.alpha)

@@ -33,7 +33,8 @@ def lif_rate_step(I, state, p, out=None):
     operations either way, so the same numbers.
     """
     xp = get_array_module(I)
-    if fused.fusable(xp, I, *(() if state is None else (state.u, state.r_sum, state.e_sum))):
+    if out is None and fused.fusable(xp, I, *(() if state is None else
+                                              (state.u, state.r_sum, state.e_sum))):
         return _rate_step_fused(xp, I, state, p)
     s, u_post, cache = lif_step(I, None if state is None else state.u, p, out=out)
     sg = surrogate_grad(cache.u - p.threshold, p.surrogate, p.alpha)
