@@ -66,6 +66,21 @@ def pyplot():
     return plt
 
 
+def save(fig, path):
+    """Lay out, write as PNG and close the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+
+
+def plot_against_T(rows, panels):
+    """One line per method over T on each panel: panels [(axes, row -> value)]."""
+    for name in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == name]
+        for ax, value in panels:
+            ax.plot([r["T"] for r in rs], [value(r) for r in rs], label=name, **STYLE[name])
+
+
 def sample_batch(n):
     """The first n test images of the bundled sample, float32 (n, 3, 32, 32), and labels."""
     _, _, x_test, y_test, _ = load_cifar("cifar10-sample", None)
@@ -142,9 +157,7 @@ def figure_neuron(path, width, T, x):
     ax_g.set(ylabel=r"$sg(u_t-\theta)$", xlabel="time step t")
     for ax in (ax_u, ax_s, ax_g):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return dict(layer=layer_name, rate=float(s.mean()))
 
 
@@ -164,12 +177,8 @@ def figure_memory_time(path, x, y, width, Ts, steps, warmup, repeats):
             row["step_time_s"] = min(row["step_time_s"], new["step_time_s"])
     plt = pyplot()
     fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == name]
-        T = [r["T"] for r in rs]
-        style = STYLE[name]
-        ax_m.plot(T, [r["kept_bytes"] / MiB for r in rs], label=name, **style)
-        ax_t.plot(T, [r["step_time_s"] for r in rs], label=name, **style)
+    plot_against_T(rows, [(ax_m, lambda r: r["kept_bytes"] / MiB),
+                          (ax_t, lambda r: r["step_time_s"])])
     ax_m.set(xlabel="time steps T", ylabel="MiB", title="bytes kept for backward")
     ax_t.set(xlabel="time steps T", ylabel="seconds", title="one training step")
     for ax in (ax_m, ax_t):
@@ -179,9 +188,7 @@ def figure_memory_time(path, x, y, width, Ts, steps, warmup, repeats):
     ax_m.legend(fontsize=8)
     fig.suptitle(f"small (width {width}), batch {len(y)}, float32, CPU, CIFAR-10 sample",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return rows
 
 
@@ -192,12 +199,7 @@ def figure_gradients(path, x, y, width, Ts):
     rows = [r for r in rows if r["param"] == "(all)"]
     plt = pyplot()
     fig, (ax_c, ax_n) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == name]
-        T = [r["T"] for r in rs]
-        style = STYLE[name]
-        ax_c.plot(T, [r["cosine"] for r in rs], label=name, **style)
-        ax_n.plot(T, [r["norm_ratio"] for r in rs], label=name, **style)
+    plot_against_T(rows, [(ax_c, lambda r: r["cosine"]), (ax_n, lambda r: r["norm_ratio"])])
     ax_c.set(xlabel="time steps T", ylabel="cosine", title="cos(g_method, g_BPTT), all parameters")
     ax_n.set(xlabel="time steps T", ylabel="|g_method| / |g_BPTT|", title="norm ratio")
     for ax in (ax_c, ax_n):
@@ -206,9 +208,7 @@ def figure_gradients(path, x, y, width, Ts):
     ax_c.legend(fontsize=8)
     fig.suptitle(f"small (width {width}), batch {len(y)}, float64, fresh weights, "
                  f"CIFAR-10 sample", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
     return rows
 
 
